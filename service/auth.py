@@ -1,0 +1,76 @@
+"""API keys and projects. A key is shown once and stored as a SHA-256 hash: keys are long
+random strings, so a fast hash is safe, and lookup by hash is one indexed query."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import SessionDep
+from service.errors import Unauthorized
+from service.ids import new_id, now
+from service.tables import ApiKey, Project
+
+KEY_PREFIX = "sk-tailor-"
+
+
+@dataclass(frozen=True)
+class Principal:
+    project_id: str
+    project_name: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Project]:
+    """Create a key for `project_name`, creating the project on first use."""
+    project = (await session.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
+    if project is None:
+        project = Project(id=new_id("proj_"), name=project_name, created_at=now())
+        session.add(project)
+        await session.flush()
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiKey(
+            id=new_id("key_"),
+            project_id=project.id,
+            key_hash=hash_key(key),
+            display_prefix=key[: len(KEY_PREFIX) + 4],
+            created_at=now(),
+        )
+    )
+    await session.commit()
+    return key, project
+
+
+async def authenticate(request: Request, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). Create one with `tailor keys create --project NAME`."
+        )
+    token = token.strip()
+    row = (
+        await session.execute(
+            select(ApiKey.project_id, Project.name)
+            .join(Project, Project.id == ApiKey.project_id)
+            .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+        )
+    ).first()
+    if row is None:
+        shown = token[:8] + "*" * 4 + token[-4:] if len(token) > 12 else "****"
+        raise Unauthorized(f"Incorrect API key provided: {shown}. Create a key with `tailor keys create --project NAME`.")
+    return Principal(project_id=row[0], project_name=row[1])
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
