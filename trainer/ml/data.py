@@ -1,0 +1,184 @@
+"""Read, validate and tokenize an OpenAI fine-tuning JSONL file, one line at a time.
+
+The first problem stops the read with a `DatasetError` whose message names the line and
+the field, so the job fails with something the user can fix. Examples longer than the
+model's context are truncated and reported as warnings, not errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainer.ml.chat_tokens import ChatRenderer, TemplateError, Tokenized
+from trainer.ml.validation import ChatExample, FieldError, PreferenceExample, check_chat, check_preference
+
+Method = Literal["supervised", "dpo"]
+Which = Literal["training", "validation"]
+MIN_TRAINING_EXAMPLES = 10
+
+
+class DatasetError(Exception):
+    """A training or validation file the job cannot use; maps onto the job's `error`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.line = line
+
+    def to_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+def _code(which: Which) -> str:
+    return "invalid_training_file" if which == "training" else "invalid_validation_file"
+
+
+def _param(which: Which) -> str:
+    return f"{which}_file"
+
+
+def iter_examples(path: Path, method: Method, which: Which = "training") -> Iterator[ChatExample | PreferenceExample]:
+    """Validated examples in file order; blank lines are skipped. Streams: one line in memory."""
+    check = check_chat if method == "supervised" else check_preference
+
+    def fail(line: int, message: str) -> DatasetError:
+        return DatasetError(_code(which), f"Line {line}: {message}", _param(which), line)
+
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise fail(number, "the line is not UTF-8 text") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise fail(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise fail(number, f"expected a JSON object, got {type(obj).__name__}")
+            try:
+                yield check(obj, number)
+            except FieldError as exc:
+                raise fail(number, str(exc)) from None
+
+
+def _check_count(n: int, which: Which) -> None:
+    if which == "training" and n < MIN_TRAINING_EXAMPLES:
+        raise DatasetError(
+            "invalid_n_examples",
+            f"Training file has {n} example{'s' if n != 1 else ''}; at least {MIN_TRAINING_EXAMPLES} are required.",
+            "training_file",
+        )
+    if n == 0:
+        raise DatasetError(_code(which), "Validation file has no examples.", _param(which))
+
+
+def validate_file(path: Path, method: Method, which: Which = "training") -> int:
+    """Check every line without a tokenizer (fast); returns the number of examples."""
+    n = sum(1 for _ in iter_examples(path, method, which))
+    _check_count(n, which)
+    return n
+
+
+@dataclass
+class SequenceExample:
+    """One supervised example, tokenized. `line` points back into the user's file."""
+
+    line: int
+    tokens: Tokenized
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens.input_ids)
+
+
+@dataclass
+class PairExample:
+    """One preference example: the same prompt with the preferred and the other reply."""
+
+    line: int
+    chosen: Tokenized
+    rejected: Tokenized
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
+@dataclass
+class Dataset:
+    method: Method
+    examples: list[Any]  # SequenceExample for supervised, PairExample for dpo
+    warnings: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(e.n_tokens for e in self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def _truncate(tok: Tokenized, max_len: int) -> Tokenized:
+    return Tokenized(input_ids=tok.input_ids[:max_len], labels=tok.labels[:max_len])
+
+
+def _tokenize_one(renderer: ChatRenderer, ex: ChatExample | PreferenceExample) -> list[Tokenized]:
+    if isinstance(ex, ChatExample):
+        return [renderer.tokenize(ex.messages, ex.trainable, ex.tools)]
+    seqs = []
+    for reply in (ex.chosen, ex.rejected):
+        trainable = [False] * len(ex.prompt) + [True] * len(reply)
+        seqs.append(renderer.tokenize(ex.prompt + reply, trainable, ex.tools))
+    return seqs
+
+
+def load_dataset(path: Path, tokenizer: Any, method: Method, max_seq_len: int, which: Which = "training") -> Dataset:
+    """Validate and tokenize a whole file; too-long examples are truncated with a warning."""
+    try:
+        renderer = ChatRenderer(tokenizer)
+    except TemplateError as exc:
+        raise DatasetError(_code(which), f"Cannot tokenize: {exc}.", _param(which)) from None
+    data = Dataset(method=method, examples=[])
+    n_read = 0
+    for ex in iter_examples(path, method, which):
+        n_read += 1
+        try:
+            seqs = _tokenize_one(renderer, ex)
+        except TemplateError as exc:
+            raise DatasetError(_code(which), f"Line {ex.line}: {exc}", _param(which), ex.line) from None
+        longest = max(len(s.input_ids) for s in seqs)
+        if longest > max_seq_len:
+            seqs = [_truncate(s, max_seq_len) for s in seqs]
+            if any(s.n_trained == 0 for s in seqs):
+                data.warnings.append(
+                    (
+                        ex.line,
+                        f"Line {ex.line}: {longest} tokens, over the limit of {max_seq_len}, and no assistant "
+                        "tokens are left after truncation; the example is skipped",
+                    )
+                )
+                continue
+            data.warnings.append(
+                (
+                    ex.line,
+                    f"Line {ex.line}: {longest} tokens, over the limit of {max_seq_len}; truncated to "
+                    f"{max_seq_len} (the tokens past the limit are not trained on)",
+                )
+            )
+        if method == "supervised":
+            data.examples.append(SequenceExample(line=ex.line, tokens=seqs[0]))
+        else:
+            data.examples.append(PairExample(line=ex.line, chosen=seqs[0], rejected=seqs[1]))
+    _check_count(n_read, which)
+    if not data.examples:
+        raise DatasetError(_code(which), f"No example of the {which} file fits in {max_seq_len} tokens.", _param(which))
+    return data

@@ -1,0 +1,359 @@
+"""The training loop: supervised LoRA and DPO, with hooks for metrics, checkpoints and stop.
+
+An optimizer step covers `batch_size` examples (OpenAI's meaning of batch size), split
+into packed micro-batches by a token budget and accumulated. The loss is normalized over
+the whole step (supervised: per trained token; DPO: per pair), so the result does not
+depend on how the step was split. Example order is a permutation seeded by (seed, epoch),
+and a checkpoint holds optimizer, scheduler and RNG states, so a paused or requeued job
+resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from trainer.ml import checkpoint as ckpt
+from trainer.ml.base_model import load_for_training, load_tokenizer, resolve_device
+from trainer.ml.config import TrainConfig, resolve_auto
+from trainer.ml.data import Dataset, load_dataset
+from trainer.ml.lora import build_lora_model, lora_targets
+from trainer.ml.losses import dpo_loss, pair_logprobs, score_targets, sequence_logprobs
+from trainer.ml.packing import PackedBatch, collate, micro_batches, segment
+from trainer.ml.results import Hooks, StepMetrics, StopRequest, TrainResult
+
+__all__ = [
+    "StepMetrics", "StopRequest", "TrainConfig", "TrainResult", "build_lora_model", "lora_targets", "resolve_auto",
+    "train", "train_files",
+]  # fmt: skip
+
+
+@dataclass
+class _Measured:
+    sums: dict[str, float]
+    tokens: int
+    norm: float
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class _Run:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_path: Path,
+        train_data: Dataset,
+        valid_data: Dataset | None,
+        output_dir: Path,
+        hooks: Hooks,
+        base: Any = None,
+    ):
+        self.config, self.hooks, self.output_dir = config, hooks, output_dir
+        self.train_data, self.valid_data = train_data, valid_data
+        self.device = resolve_device(config.device)
+        self.r = resolve_auto(config, len(train_data), self.device.type)
+        torch.manual_seed(config.seed)  # LoRA init, then dropout
+        if base is None:
+            base = load_for_training(model_path, config.dtype, config.device, config.qlora)
+        self.pad_id = int(base.config.pad_token_id if isinstance(base.config.pad_token_id, int) else 0)
+        self.model = build_lora_model(base, config)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.r.learning_rate, weight_decay=config.weight_decay)
+        warmup = math.ceil(self.r.total_steps * config.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(warmup, self.r.total_steps))
+        self.step, self.tokens, self.saved_step = 0, 0, -1
+        # DPO reference log-probs per example: the base model never changes, so each is
+        # computed once (adapter disabled) and reused in later epochs.
+        self.ref_cache: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}}
+
+    def fingerprint(self) -> dict[str, Any]:
+        c, r = self.config, self.r
+        return {
+            "method": c.method,
+            "n_examples": len(self.train_data),
+            "n_tokens": self.train_data.n_tokens,
+            "n_epochs": r.n_epochs,
+            "batch_size": r.batch_size,
+            "learning_rate": r.learning_rate,
+            "beta": r.beta,
+            "lora_rank": c.lora_rank,
+            "lora_alpha": c.lora_alpha,
+            "lora_dropout": c.lora_dropout,
+            "seed": c.seed,
+        }
+
+    def resume(self, directory: Path) -> None:
+        state = ckpt.restore(directory, self.model, self.optimizer, self.scheduler, self.fingerprint())
+        self.step, self.tokens, self.saved_step = state.step, state.trained_tokens, state.step
+
+    def _poll(self) -> StopRequest:
+        return self.hooks.should_stop() if self.hooks.should_stop else None
+
+    def _step_units(self, step: int) -> list[int]:
+        """Example indices of a step: a fixed permutation per (seed, epoch), so any step
+        can be recomputed on resume without replaying the ones before it."""
+        epoch, k = divmod(step, self.r.steps_per_epoch)
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=gen).tolist()
+        return order[k * self.r.batch_size : (k + 1) * self.r.batch_size]
+
+    def _batches(self, data: Dataset, idxs: list[int]) -> list[PackedBatch]:
+        examples = [data.examples[i] for i in idxs]
+        out = []
+        for group in micro_batches([e.n_tokens for e in examples], self.r.micro_batch_tokens):
+            if data.method == "supervised":
+                segs = [segment(examples[i].tokens, idxs[i]) for i in group]
+            else:
+                segs = [segment(examples[i].chosen, idxs[i], 0) for i in group]
+                segs += [segment(examples[i].rejected, idxs[i], 1) for i in group]
+            out.append(collate(segs, self.r.pack_len, self.pad_id))
+        return out
+
+    def _reference(
+        self, batch: PackedBatch, cache: dict[int, tuple[float, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        units = sorted({u for u, _ in batch.segments})
+        if any(u not in cache for u in units):
+            # Same weights, adapter switched off: the reference model without a second copy.
+            with torch.no_grad(), self.model.disable_adapter():
+                per_seg = sequence_logprobs(score_targets(self.model, batch), len(batch.segments))
+            for u, (c, r) in pair_logprobs(batch, per_seg).items():
+                cache[u] = (float(c), float(r))
+        ref = torch.tensor([cache[u] for u in units], device=self.device)
+        return ref[:, 0], ref[:, 1]
+
+    def _measure(
+        self, batch: PackedBatch, cache: dict[int, tuple[float, float]]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's summed loss (to backpropagate) and its metric sums."""
+        scores = score_targets(self.model, batch)
+        if self.config.method == "supervised":
+            loss = -scores.logprobs.sum()
+            return loss, {
+                "loss": loss.item(),
+                "correct": scores.correct.sum().item(),
+                "targets": scores.correct.numel(),
+            }
+        ref_c, ref_r = self._reference(batch, cache)
+        policy = pair_logprobs(batch, sequence_logprobs(scores, len(batch.segments)))
+        units = sorted(policy)
+        terms = dpo_loss(
+            torch.stack([policy[u][0] for u in units]),
+            torch.stack([policy[u][1] for u in units]),
+            ref_c,
+            ref_r,
+            self.r.beta,
+        )
+        parts = torch.tensor([p for _, p in batch.segments], device=self.device)[scores.segment]
+        chosen = parts == 0  # token accuracy is reported on the preferred replies
+        loss = terms.loss.sum()
+        return loss, {
+            "loss": loss.item(),
+            "correct": (scores.correct & chosen).sum().item(),
+            "targets": chosen.sum().item(),
+            "rewards_chosen": terms.chosen_reward.sum().item(),
+            "rewards_rejected": terms.rejected_reward.sum().item(),
+            "reward_accuracy": (terms.chosen_reward > terms.rejected_reward).sum().item(),
+            "pairs": len(units),
+        }
+
+    def _pass(
+        self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool
+    ) -> _Measured | str:
+        batches = [b.to(self.device) for b in self._batches(data, idxs)]
+        norm = max(1, sum(b.n_targets for b in batches)) if data.method == "supervised" else len(idxs)
+        sums: dict[str, float] = defaultdict(float)
+        for k, batch in enumerate(batches):
+            if learn and k > 0 and (stop := self._poll()) is not None:
+                return stop  # cancel or pause mid-step: the partial gradients are dropped
+            with torch.set_grad_enabled(learn):
+                loss, stats = self._measure(batch, cache)
+            if learn:
+                (loss / norm).backward()
+            for key, value in stats.items():
+                sums[key] += value
+        return _Measured(sums=dict(sums), tokens=sum(b.n_tokens for b in batches), norm=norm)
+
+    def _summary(self, m: _Measured) -> tuple[float, float, dict[str, float]]:
+        loss = m.sums["loss"] / m.norm
+        accuracy = m.sums["correct"] / max(1.0, m.sums["targets"])
+        extra = {}
+        if self.config.method == "dpo":
+            pairs = max(1.0, m.sums["pairs"])
+            extra = {k: m.sums[k] / pairs for k in ("rewards_chosen", "rewards_rejected", "reward_accuracy")}
+            extra["reward_margin"] = extra["rewards_chosen"] - extra["rewards_rejected"]
+        return loss, accuracy, extra
+
+    def evaluate(self, idxs: list[int] | None = None) -> tuple[float, float]:
+        """Loss and token accuracy on validation examples (all of them when idxs is None)."""
+        assert self.valid_data is not None
+        self.model.eval()
+        try:
+            idxs = list(range(len(self.valid_data))) if idxs is None else idxs
+            measured = self._pass(self.valid_data, idxs, self.ref_cache["valid"], learn=False)
+            assert isinstance(measured, _Measured)
+            loss, accuracy, _ = self._summary(measured)
+            return loss, accuracy
+        finally:
+            self.model.train()
+
+    def _valid_window(self) -> list[int]:
+        assert self.valid_data is not None
+        n = len(self.valid_data)
+        start = (self.step // self.r.eval_interval) * self.r.batch_size
+        return sorted({(start + i) % n for i in range(min(n, self.r.batch_size))})
+
+    def _optimizer_step(self) -> float:
+        lr = float(self.scheduler.get_last_lr()[0])
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    def _metrics(self, m: _Measured, lr: float) -> StepMetrics:
+        loss, accuracy, extra = self._summary(m)
+        metrics = StepMetrics(
+            step=self.step,
+            total_steps=self.r.total_steps,
+            epoch=(self.step - 1) // self.r.steps_per_epoch + 1,
+            train_loss=loss,
+            train_mean_token_accuracy=accuracy,
+            trained_tokens=self.tokens,
+            learning_rate=lr,
+            extra=extra,
+        )
+        if self.valid_data is not None and self.step % self.r.eval_interval == 0:
+            metrics.valid_loss, metrics.valid_mean_token_accuracy = self.evaluate(self._valid_window())
+        if self.valid_data is not None and self.step == self.r.total_steps:
+            metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = self.evaluate()
+        return metrics
+
+    def checkpoint(self) -> Path:
+        directory = self.output_dir / "checkpoints" / f"step-{self.step}"
+        if self.saved_step != self.step or not directory.exists():
+            state = ckpt.TrainingState(step=self.step, trained_tokens=self.tokens, fingerprint=self.fingerprint())
+            ckpt.save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state)
+            self.saved_step = self.step
+            if self.hooks.on_checkpoint:
+                self.hooks.on_checkpoint(self.step, directory)
+        return directory
+
+    def _result(
+        self,
+        status: Literal["succeeded", "paused", "cancelled"],
+        adapter: Path | None,
+        full_valid: tuple[float | None, float | None] = (None, None),
+    ) -> TrainResult:
+        return TrainResult(
+            status=status,
+            step=self.step,
+            total_steps=self.r.total_steps,
+            trained_tokens=self.tokens,
+            adapter_dir=adapter,
+            resolved=self.r,
+            full_valid_loss=full_valid[0],
+            full_valid_mean_token_accuracy=full_valid[1],
+            warnings=list(self.train_data.warnings) + list(self.valid_data.warnings if self.valid_data else []),
+        )
+
+    def _stop(self, request: str) -> TrainResult:
+        if request == "cancel":
+            return self._result("cancelled", None)
+        return self._result("paused", self.checkpoint())
+
+    def run(self) -> TrainResult:
+        metrics = None
+        for step in range(self.step, self.r.total_steps):
+            if (stop := self._poll()) is not None:
+                return self._stop(stop)
+            rng = torch.get_rng_state()
+            measured = self._pass(self.train_data, self._step_units(step), self.ref_cache["train"], learn=True)
+            if isinstance(measured, str):
+                torch.set_rng_state(rng)  # the step is redone from its start on resume
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._stop(measured)
+            lr = self._optimizer_step()
+            self.step, self.tokens = step + 1, self.tokens + measured.tokens
+            metrics = self._metrics(measured, lr)
+            if self.hooks.on_step:
+                self.hooks.on_step(metrics)
+            if self.step % self.r.steps_per_epoch == 0:
+                self.checkpoint()
+        full: tuple[float | None, float | None] = (None, None)
+        if metrics is not None:
+            full = (metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy)
+        elif self.valid_data is not None:  # resumed from the last step's checkpoint
+            full = self.evaluate()
+        final_dir = self.output_dir / "adapter"
+        ckpt.save_adapter(self.model, final_dir)
+        return self._result("succeeded", final_dir, full)
+
+
+def train(
+    config: TrainConfig,
+    model_path: Path,
+    train_data: Dataset,
+    output_dir: Path,
+    valid_data: Dataset | None = None,
+    *,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    should_stop: Callable[[], StopRequest] | None = None,
+    resume_from: Path | None = None,
+    base_model: Any = None,
+) -> TrainResult:
+    """Train a LoRA adapter on `model_path` (a materialized HF directory).
+
+    `on_step` gets every step's metrics; `on_checkpoint(step, dir)` each saved checkpoint
+    (end of every epoch, and on pause); `should_stop` is polled before every step and
+    between micro-batches: "cancel" returns at once, "pause" saves a checkpoint first.
+    `resume_from` is a checkpoint directory of the same run. `base_model`: an already
+    loaded model to use instead of loading `model_path` (benchmarks with random weights)."""
+    if train_data.method != config.method:
+        raise ValueError(f"the data was prepared for {train_data.method}, the config says {config.method}")
+    hooks = Hooks(on_step=on_step, on_checkpoint=on_checkpoint, should_stop=should_stop)
+    run = _Run(config, model_path, train_data, valid_data, output_dir, hooks, base_model)
+    if resume_from is not None:
+        run.resume(resume_from)
+    return run.run()
+
+
+def context_length(model_path: Path) -> int:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    return int(getattr(cfg, "max_position_embeddings", 2048))
+
+
+def train_files(
+    config: TrainConfig,
+    model_path: Path,
+    training_file: Path,
+    output_dir: Path,
+    validation_file: Path | None = None,
+    **hooks: Any,
+) -> TrainResult:
+    """Tokenize the user's files with the model's tokenizer and chat template, then train."""
+    tokenizer = load_tokenizer(model_path)
+    max_len = min(config.max_seq_len or context_length(model_path), context_length(model_path))
+    train_data = load_dataset(training_file, tokenizer, config.method, max_len, "training")
+    valid_data = (
+        load_dataset(validation_file, tokenizer, config.method, max_len, "validation") if validation_file else None
+    )
+    return train(config, model_path, train_data, output_dir, valid_data, **hooks)
