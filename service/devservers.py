@@ -1,5 +1,6 @@
-"""Local processes for the demo and the tests: a private redis-server, `tailor serve` and
-`tailor worker`, each bound to 127.0.0.1 (servers on free ports) and stopped by its owner.
+"""Local processes for the demo, the tests and the benchmarks: a private redis-server,
+`tailor serve`, `tailor worker` and `tailor inference`, each bound to 127.0.0.1 (servers on
+free ports) and stopped by its owner.
 
 Every process started here is remembered and stopped at interpreter exit too, so a crash
 or an interrupted run leaves nothing behind.
@@ -260,3 +261,50 @@ def running_worker(env_overrides: Mapping[str, str], data_dir: Path, name: str =
         yield worker
     finally:
         worker.stop()
+
+
+class TailorInference:
+    """`tailor inference` as a child process: one vLLM server per base model, the first on
+    TAILOR_INFERENCE_PORT (which the API must be given too, to find it).
+
+    vLLM takes a minute or more to start on CPU: start this first and `wait_ready` later."""
+
+    READY_TIMEOUT = 600.0
+
+    def __init__(self, env_overrides: Mapping[str, str], data_dir: Path):
+        if "TAILOR_INFERENCE_PORT" not in env_overrides:
+            raise ValueError("set TAILOR_INFERENCE_PORT (a free port) for tailor inference and tailor serve alike")
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{env_overrides['TAILOR_INFERENCE_PORT']}"
+        self.log_path = self.data_dir / "inference.log"
+        self.env = clean_env({"TAILOR_DATA_DIR": str(self.data_dir), **env_overrides})
+        self.proc = _spawn([sys.executable, "-m", "service.cli", "inference"], self.log_path, env=self.env, cwd=self.data_dir)
+
+    @property
+    def adapter_cache(self) -> Path:
+        """Where the first base model's vLLM keeps downloaded adapters (the default location)."""
+        return self.data_dir / "adapter-cache"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines)
+
+    def ready(self) -> bool:
+        return _http_answers(f"{self.url}/health", ok=(200,))
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        _wait_until(self.ready, self.proc, "tailor inference", self.log_path, timeout)
+
+    def stop(self) -> None:
+        """`tailor inference` stops its vLLM servers (and their engine processes) on SIGTERM."""
+        stop_process(self.proc, grace=45)
+
+
+@contextmanager
+def running_inference(env_overrides: Mapping[str, str], data_dir: Path) -> Iterator[TailorInference]:
+    """Started, not waited for: call `wait_ready()` when vLLM is needed."""
+    inference = TailorInference(env_overrides, data_dir)
+    try:
+        yield inference
+    finally:
+        inference.stop()

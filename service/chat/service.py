@@ -1,0 +1,248 @@
+"""The chat gateway: which vLLM serves a model, balancing over replicas, and vLLM's
+answers mapped to Tailor's errors.
+
+A request names a base model or a fine-tuned one. A fine-tuned model must belong to the
+caller's project (anything else is the same 404 as a missing model) and goes to the vLLM
+servers of its base, which resolve the `ft:` name to an adapter themselves. The gateway
+never rewrites a body; it picks the replica with the fewest requests in flight (round
+robin among equals), and skips for a moment a replica it could not connect to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from inference.topology import upstreams
+from service.auth import Principal
+from service.errors import ApiError, InvalidRequest, ServiceUnavailable
+from service.model_registry import BaseModelSpec
+from service.models.service import find_fine_tuned, not_found
+from service.settings import Settings
+
+log = logging.getLogger("tailor.chat")
+# One INFO line per relayed request would double the access log and cost CPU on the hot path.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+DOWN_SECONDS = 2.0
+UNLOAD_TIMEOUT = 10.0
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status_code = 504
+    type = "server_error"
+    code = "timeout"
+
+
+class NoReplica(Exception):
+    """No vLLM server of a base model accepted a connection."""
+
+
+@dataclass(eq=False)
+class Replica:
+    url: str
+    outstanding: int = 0
+    down_until: float = 0.0
+
+
+@dataclass
+class ReplicaPool:
+    base_model: str
+    replicas: list[Replica]
+    _turn: itertools.count = field(default_factory=itertools.count)
+
+    def candidates(self) -> list[Replica]:
+        """Replicas in the order to try: up ones by fewest in flight, rotating among equals; down ones last."""
+        n = len(self.replicas)
+        start = next(self._turn) % n
+        rotated = self.replicas[start:] + self.replicas[:start]
+        now = time.monotonic()
+        return sorted(rotated, key=lambda r: (r.down_until > now, r.outstanding))
+
+
+class OwnershipCache:
+    """Recently confirmed (project, fine-tuned model) -> base model, for a few seconds.
+
+    Only what the database confirmed is kept, so a new model is servable at once. A model
+    deleted through another API process may stay in this cache until it expires, and that
+    is safe: deletion removes the adapter from the store and from vLLM before it returns,
+    so vLLM answers 404 for it, which reaches the caller as the same model_not_found."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 10_000):
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def get(self, project_id: str, model: str) -> str | None:
+        hit = self._entries.get((project_id, model))
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, project_id: str, model: str, base_model: str) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[(project_id, model)] = (base_model, time.monotonic() + self.ttl)
+
+    def forget(self, model: str) -> None:
+        for key in [k for k in self._entries if k[1] == model]:
+            del self._entries[key]
+
+
+async def base_model_of(
+    session: AsyncSession,
+    principal: Principal,
+    base_models: dict[str, BaseModelSpec],
+    model: str,
+    owners: OwnershipCache | None = None,
+) -> str:
+    """The base model whose vLLM servers answer `model`, if the caller may use it."""
+    if model in base_models:
+        return model
+    if owners is not None and (base := owners.get(principal.project_id, model)) is not None:
+        return base
+    row = await find_fine_tuned(session, principal.project_id, model)
+    if row is None:
+        raise not_found(model)
+    if owners is not None:
+        owners.put(principal.project_id, model, row.base_model)
+    return row.base_model
+
+
+class InferenceGateway:
+    def __init__(self, upstreams: dict[str, list[str]], *, api_key: str | None, timeout: float, connect_timeout: float):
+        self.pools = {name: ReplicaPool(name, [Replica(u) for u in urls]) for name, urls in upstreams.items() if urls}
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30),
+        )
+        self.owners = OwnershipCache()
+        _live.add(self)
+
+    async def aclose(self) -> None:
+        _live.discard(self)
+        await self.client.aclose()
+
+    def pool(self, base_model: str) -> ReplicaPool:
+        pool = self.pools.get(base_model)
+        if pool is None:
+            raise ServiceUnavailable(f"No inference server is configured for base model '{base_model}'.")
+        return pool
+
+    async def open(self, base_model: str, path: str, body: bytes, request_id: str | None) -> tuple[Replica, httpx.Response]:
+        """Send a request to a replica and return once its response headers arrive.
+
+        The caller owns the response (close it) and the replica's in-flight count (`done`)."""
+        headers = {"content-type": "application/json"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        for replica in self.pool(base_model).candidates():
+            replica.outstanding += 1
+            request = self.client.build_request("POST", replica.url + path, content=body, headers=headers)
+            try:
+                return replica, await self.client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                replica.outstanding -= 1
+                replica.down_until = time.monotonic() + DOWN_SECONDS
+                log.warning("vLLM replica %s for %s is unreachable: %s", replica.url, base_model, exc)
+            except BaseException:
+                replica.outstanding -= 1
+                raise
+        raise NoReplica(base_model)
+
+    @staticmethod
+    def done(replica: Replica) -> None:
+        replica.outstanding -= 1
+
+    async def unload(self, base_model: str, name: str) -> None:
+        """Make every replica of `base_model` forget an adapter now; each also deletes its cached files."""
+        self.owners.forget(name)
+        pool = self.pools.get(base_model)
+        if pool is None:
+            return
+        await asyncio.gather(*(self._unload_one(r, name) for r in pool.replicas))
+
+    async def _unload_one(self, replica: Replica, name: str) -> None:
+        try:
+            response = await self.client.post(
+                replica.url + "/v1/unload_lora_adapter", json={"lora_name": name}, timeout=UNLOAD_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            log.warning("could not unload %s from %s: %s", name, replica.url, exc)
+            return
+        if response.status_code not in (200, 404):  # 404: that replica never loaded it
+            log.warning("unloading %s from %s answered %s: %s", name, replica.url, response.status_code, response.text[:300])
+
+
+# Gateways alive in this process, for the model-deletion hook (it runs in the Models
+# service, which has no request at hand to find the app by).
+_live: weakref.WeakSet[InferenceGateway] = weakref.WeakSet()
+
+
+async def forget_model(base_model: str, name: str) -> None:
+    """Called when a fine-tuned model is deleted: unload it from vLLM and evict its cached files."""
+    await asyncio.gather(*(gateway.unload(base_model, name) for gateway in list(_live)))
+
+
+def unreachable(base_model: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The inference server for '{base_model}' is not reachable. Start it with `tailor inference`, "
+        "or point TAILOR_INFERENCE_URLS at running vLLM servers."
+    )
+
+
+def upstream_error(status: int, content: bytes, model: str) -> ApiError:
+    """vLLM's error response as Tailor's error (one place for every status)."""
+    message, param = f"The inference server answered {status}.", None
+    try:
+        body: Any = json.loads(content)
+        info = body.get("error", body) if isinstance(body, dict) else {}
+        if isinstance(info, dict):
+            message = str(info.get("message") or message)
+            param = info.get("param") if isinstance(info.get("param"), str) else None
+    except ValueError:
+        pass
+    if status == 404:
+        # vLLM found no such model or adapter: to the caller, exactly a missing model.
+        return not_found(model)
+    if status in (400, 413, 422):
+        return InvalidRequest(message, param=param)
+    if status in (429, 503):
+        return ServiceUnavailable(message)
+    if status in (401, 403):
+        return UpstreamError("The inference server refused the gateway's credentials (check TAILOR_INFERENCE_API_KEY).")
+    return UpstreamError(message)
+
+
+def open_gateway(settings: Settings, base_models: dict[str, BaseModelSpec]) -> InferenceGateway:
+    return InferenceGateway(
+        upstreams(settings, base_models),
+        api_key=settings.inference_api_key,
+        timeout=settings.inference_timeout_seconds,
+        connect_timeout=settings.inference_connect_timeout_seconds,
+    )
+
+
+def get_gateway(request: Request) -> InferenceGateway:
+    return request.app.state.inference
+
+
+GatewayDep = Annotated[InferenceGateway, Depends(get_gateway)]
