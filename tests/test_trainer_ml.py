@@ -367,3 +367,32 @@ def test_smollm2_from_gguf_materializes_and_trains(tmp_path: Path) -> None:
     result = train_files(cfg, path, data, tmp_path / "out", on_step=steps.append)
     assert result.status == "succeeded" and len(steps) == 2
     assert all(s.train_loss == s.train_loss and s.train_loss < 10 for s in steps)  # finite, sane for a real model
+
+
+def test_child_reports_an_unusable_checkpoint_as_a_failure_not_a_crash(tiny_model: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    from trainer.child import child_main
+    from trainer.protocol import JobSpec
+
+    empty_checkpoint = tmp_path / "resume"
+    empty_checkpoint.mkdir()
+    spec = JobSpec(
+        job_id="ftjob-test", method_type="supervised", hyperparameters={"n_epochs": 1, "batch_size": 4}, lora={},
+        seed=3, base_model={"name": "tiny", "source": "hf_dir", "location": str(tiny_model), "context_length": 256,
+                            "created": 0},
+        model_cache_dir=str(tmp_path / "cache"), training_path=str(write_jsonl(tmp_path / "t.jsonl", sft_rows(12))),
+        validation_path=None, output_dir=str(tmp_path / "out"), device="cpu", resume_dir=str(empty_checkpoint),
+        resume_step=4,
+    )  # fmt: skip
+    parent, child = multiprocessing.Pipe()
+    child_main(spec.to_dict(), child)
+    messages = []
+    try:
+        while True:
+            messages.append(parent.recv())
+    except EOFError:  # the child closed its end: all is read
+        pass
+    failed = messages[-1]
+    assert failed["kind"] == "failed" and failed["code"] == "checkpoint_unusable", messages
+    assert "is not a Tailor checkpoint" in failed["message"]

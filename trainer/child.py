@@ -48,6 +48,7 @@ def child_main(spec_dict: dict[str, Any], conn: Connection) -> None:
         conn.send(message(kind, **payload))  # type: ignore[arg-type]
 
     from trainer.ml.base_model import BaseModelError
+    from trainer.ml.checkpoint import ResumeError
     from trainer.ml.config import ConfigError
     from trainer.ml.data import DatasetError
 
@@ -60,6 +61,10 @@ def child_main(spec_dict: dict[str, Any], conn: Connection) -> None:
     except BaseModelError as exc:
         # The job asked for something this worker cannot do (QLoRA without CUDA, a hub model offline).
         send("failed", code="unsupported_configuration", message=str(exc), param=None)
+    except ResumeError as exc:
+        # A checkpoint this run cannot continue from (another format, another model): say
+        # which, rather than "stopped unexpectedly"; the user can start a new job.
+        send("failed", code="checkpoint_unusable", message=f"Cannot resume this job: {exc}", param=None)
     finally:
         conn.close()
 
