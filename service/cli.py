@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
 from pathlib import Path
 
 import click
 
+from service.logs import setup_logging
 from service.settings import Settings, get_settings
 
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -30,8 +30,18 @@ def serve(host: str, port: int, log_level: str) -> None:
 
     from service.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(log_level)
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database to the newest schema, then exit (run once per deployment)."""
+    from service.db import run_migrations
+
+    url = get_settings().resolved_database_url
+    run_migrations(url)
+    click.echo("database is at the newest revision")
 
 
 @main.command()
@@ -42,7 +52,7 @@ def worker(queue: str | None, worker_id: str | None, log_level: str) -> None:
     """Run a trainer worker: takes fine-tuning jobs from the queue, one at a time."""
     from trainer.worker import run_worker
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(log_level)
     run_worker(queue, worker_id)
 
 
@@ -54,7 +64,7 @@ def inference(models: tuple[str, ...], log_level: str) -> None:
     from inference.launcher import run
     from service.model_registry import load_registry
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(log_level)
     settings = get_settings()
     sys.exit(run(settings, load_registry(settings.base_models_file), list(models) or None))
 

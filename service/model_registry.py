@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import Depends, Request
@@ -31,6 +31,11 @@ class BaseModelSpec:
     created: int
     gguf_filename: str | None = None
     owned_by: str = "tailor"
+    # What training it needs, to pick a worker pool (settings.worker_pools): GPUs and the
+    # memory of each. 0 and 0: any worker, CPU included. `queue` names a pool outright.
+    gpu_memory_gb: float = 0
+    gpu_count: int = 0
+    queue: str | None = None
 
 
 DEFAULT_BASE_MODELS: tuple[BaseModelSpec, ...] = (
@@ -58,7 +63,8 @@ def _parse_entry(raw: object, where: str) -> BaseModelSpec:
         raise RegistryError(f"{where}: missing {', '.join(missing)}")
     if raw["source"] not in SOURCES:
         raise RegistryError(f"{where}: source must be one of {', '.join(SOURCES)}, not {raw['source']!r}")
-    known = {"name", "source", "location", "context_length", "created", "gguf_filename", "owned_by"}
+    known = {"name", "source", "location", "context_length", "created", "gguf_filename", "owned_by",
+             "gpu_memory_gb", "gpu_count", "queue"}  # fmt: skip
     unknown = set(raw) - known
     if unknown:
         raise RegistryError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
@@ -70,7 +76,21 @@ def _parse_entry(raw: object, where: str) -> BaseModelSpec:
         created=int(raw.get("created", 0)),
         gguf_filename=raw.get("gguf_filename"),
         owned_by=str(raw.get("owned_by", "tailor")),
+        gpu_memory_gb=_non_negative(raw, "gpu_memory_gb", float, where),
+        gpu_count=_non_negative(raw, "gpu_count", int, where),
+        queue=str(raw["queue"]) if raw.get("queue") else None,
     )
+
+
+def _non_negative(raw: dict[str, object], key: str, kind: type, where: str) -> Any:
+    value = raw.get(key, 0)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{where}: {key} must be a number, not {value!r}") from None
+    if number < 0:
+        raise RegistryError(f"{where}: {key} must be 0 or more, not {value!r}")
+    return number
 
 
 def load_registry(extra_file: Path | None) -> dict[str, BaseModelSpec]:

@@ -19,7 +19,9 @@ from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from service.errors import ServiceUnavailable
+from service.errors import InvalidRequest, ServiceUnavailable
+from service.model_registry import BaseModelSpec
+from service.settings import WorkerPool
 
 log = logging.getLogger("tailor.queue")
 
@@ -78,13 +80,34 @@ async def clear_signal(redis: ArqRedis, job_id: str) -> None:
     await redis.delete(signal_key(job_id))
 
 
-class WorkQueue:
-    """The API's and workers' handle on the queue: connects on first use, so the API starts
-    (and serves files, lists, retrieves) while Redis is briefly away."""
+def queue_for(spec: BaseModelSpec, pools: list[WorkerPool], default: str) -> str:
+    """The queue a job on `spec` goes to: the smallest worker pool whose workers own the
+    GPUs its training needs (fewest GPUs, then least memory), so big GPUs stay free for the
+    jobs that need them. No pools configured: `default`, the one queue of a single box."""
+    if spec.queue:
+        return spec.queue
+    if not pools:
+        return default
+    fits = [p for p in pools if p.gpu_count >= spec.gpu_count and p.gpu_memory_gb >= spec.gpu_memory_gb]
+    if not fits:
+        offered = "; ".join(f"{p.queue}: {p.gpu_count} x {p.gpu_memory_gb:g} GB" for p in pools)
+        raise InvalidRequest(
+            f"No worker pool can train '{spec.name}': it needs {spec.gpu_count} GPU(s) with {spec.gpu_memory_gb:g} GB "
+            f"each, and the pools have {offered}. Add a pool (TAILOR_WORKER_POOLS) or choose another model.",
+            param="model",
+        )
+    return min(fits, key=lambda p: (p.gpu_count, p.gpu_memory_gb)).queue
 
-    def __init__(self, redis_url: str, queue_name: str):
+
+class WorkQueue:
+    """The API's and workers' handle on the queues: connects on first use, so the API starts
+    (and serves files, lists, retrieves) while Redis is briefly away. `queue_name` is the
+    worker's own queue, or the API's default one; a job goes to the queue its row names."""
+
+    def __init__(self, redis_url: str, queue_name: str, pools: list[WorkerPool] | None = None):
         self.redis_url = redis_url
         self.queue_name = queue_name
+        self.pools = list(pools or [])
         self._pool: ArqRedis | None = None
         self._lock = asyncio.Lock()
 
@@ -94,13 +117,21 @@ class WorkQueue:
                 self._pool = await connect(self.redis_url)
             return self._pool
 
-    async def enqueue(self, job_id: str) -> bool:
-        async with _unavailable_on_error():
-            return await enqueue_training(await self.pool(), self.queue_name, job_id)
+    @property
+    def queue_names(self) -> list[str]:
+        """Every queue jobs may wait on: the default one and each pool's."""
+        return list(dict.fromkeys([self.queue_name, *(p.queue for p in self.pools)]))
 
-    async def requeue_lost(self, job_id: str) -> None:
+    def queue_for(self, spec: BaseModelSpec) -> str:
+        return queue_for(spec, self.pools, self.queue_name)
+
+    async def enqueue(self, job_id: str, queue_name: str | None = None) -> bool:
         async with _unavailable_on_error():
-            await requeue_lost(await self.pool(), self.queue_name, job_id)
+            return await enqueue_training(await self.pool(), queue_name or self.queue_name, job_id)
+
+    async def requeue_lost(self, job_id: str, queue_name: str | None = None) -> None:
+        async with _unavailable_on_error():
+            await requeue_lost(await self.pool(), queue_name or self.queue_name, job_id)
 
     async def signal(self, job_id: str, signal: Signal) -> None:
         async with _unavailable_on_error():

@@ -8,8 +8,16 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerPool(BaseModel):
+    """Workers that take jobs from one queue, and what each of them owns."""
+
+    queue: str = Field(min_length=1, description="arq queue the pool's workers take jobs from (tailor worker --queue).")
+    gpu_memory_gb: float = Field(0, ge=0, description="GPU memory of each of the worker's GPUs; 0 for CPU workers.")
+    gpu_count: int = Field(0, ge=0, description="GPUs each worker owns; a job may use all of them (torchrun).")
 
 
 class Settings(BaseSettings):
@@ -24,6 +32,9 @@ class Settings(BaseSettings):
     )
     storage_url: str | None = Field(
         None, description="file:///path or s3://bucket/prefix. Default: file://{data_dir}/objects."
+    )
+    migrate_on_start: bool = Field(
+        True, description="Apply database migrations when serve or worker starts; clusters run `tailor migrate` once instead."
     )
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph RGW); unset for AWS S3.")
     s3_region: str | None = Field(None, description="S3 region name.")
@@ -45,6 +56,17 @@ class Settings(BaseSettings):
         60, ge=5, description="A running job whose worker has not renewed its lease for this long is requeued."
     )
     device: str = Field("auto", description="Training device: auto, cpu, cuda, cuda:N.")
+    worker_pools: list[WorkerPool] = Field(
+        default_factory=list,
+        description='JSON list of worker pools, e.g. [{"queue": "tailor:a100x8", "gpu_memory_gb": 80, "gpu_count": 8}]. '
+        "A job goes to the smallest pool that fits its base model's needs; none set: every job goes to queue_name.",
+    )
+
+    # --- Observability ---
+    log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line, with the request id.")
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of a worker's Prometheus /metrics (and /health); unset: not served."
+    )
 
     @model_validator(mode="after")
     def _refuse_embedded_defaults_in_production(self) -> Settings:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import multiprocessing
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.fine_tuning import lifecycle as lc
+from service.logs import call_with_logging
+from service.metrics import WorkerMetrics, worker_metrics
 from service.model_registry import BaseModelSpec
 from service.queue import WorkQueue, signal_key
 from service.settings import Settings
@@ -45,6 +48,7 @@ class WorkerContext:
     store: ObjectStore
     queue: WorkQueue
     base_models: dict[str, BaseModelSpec]
+    metrics: WorkerMetrics = field(default_factory=worker_metrics)
 
 
 class LeaseLost(Exception):
@@ -60,14 +64,19 @@ async def run_job(w: WorkerContext, job_id: str) -> str:
             return f"skipped ({job.status if job else 'missing'})"
         if not await lease.acquire(session, job_id, w.worker_id, w.settings.lease_seconds):
             return "skipped (leased by another worker)"
+        method = str((job.method or {}).get("type", "unknown"))
     workdir = w.settings.resolved_work_dir / job_id
+    started, outcome = time.monotonic(), "error"
+    w.metrics.job_started()
     try:
         # A signal left from before a resume is stale: the row says the job should run.
         await w.queue.clear_signal(job_id)
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        return await JobRun(w, job_id, workdir).execute()
+        outcome = await JobRun(w, job_id, workdir).execute()
+        return outcome
     finally:
+        w.metrics.job_finished(job_id, method, outcome, time.monotonic() - started)
         async with w.sessionmaker() as session:
             await lease.release(session, job_id, w.worker_id)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -167,7 +176,10 @@ class JobRun:
 
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds an event loop
         parent_conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=child_main, args=(spec.to_dict(), child_conn), daemon=True)
+        # The child logs in the worker's format (JSON lines stay JSON).
+        level = logging.getLogger().getEffectiveLevel()
+        args = (level, self.w.settings.log_format, child_main, spec.to_dict(), child_conn)
+        self.process = ctx.Process(target=call_with_logging, args=args, daemon=True)
         self.process.start()
         child_conn.close()
         sink = recorder.Recorder(self.w, self.job_id)

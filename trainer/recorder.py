@@ -70,6 +70,7 @@ class Recorder:
         self.job_id = job_id
         self.started_at = time.monotonic()
         self.first_step: int | None = None
+        self.last_tokens: tuple[int, float] | None = None  # trained tokens at the latest step report, and when
 
     async def handle(self, msg: dict[str, Any]) -> str | None:
         """Apply one message; return an outcome when the job's run is over."""
@@ -117,6 +118,19 @@ class Recorder:
             job.estimated_finish = now() + int(per_step * (total - step))
         job.trained_tokens = data.get("trained_tokens", job.trained_tokens)
         await session.commit()
+        self._count_tokens(job, step, int(data.get("trained_tokens") or 0))
+
+    def _count_tokens(self, job: FineTuningJob, step: int, tokens: int) -> None:
+        """Worker metrics: tokens trained since the previous report, and the rate. A fresh
+        run's first step brings all its tokens; a resumed run's first report only sets the
+        baseline (what its checkpoint had counted is not reported)."""
+        at = time.monotonic()
+        if self.last_tokens is None:
+            new, seconds = (tokens if step == 1 else 0), None
+        else:
+            new, seconds = tokens - self.last_tokens[0], at - self.last_tokens[1]
+        self.last_tokens = (tokens, at)
+        self.w.metrics.step(self.job_id, str(job.method.get("type", "unknown")), max(new, 0), seconds)
 
     async def _store_adapter(self, session: AsyncSession, job: FineTuningJob, msg: dict[str, Any]) -> None:
         step = int(msg["step"])

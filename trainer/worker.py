@@ -19,6 +19,7 @@ from arq import Worker, func
 from service.db import make_engine, make_sessionmaker, run_migrations_async
 from service.errors import ApiError
 from service.fine_tuning.service import requeue_unfinished_jobs
+from service.metrics import serve_worker_metrics
 from service.model_registry import load_registry
 from service.queue import TRAIN_FUNCTION, WorkQueue, dumps, redis_settings
 from service.settings import Settings, get_settings
@@ -57,7 +58,8 @@ def build_worker(settings: Settings, worker_id: str | None = None, max_jobs: int
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         url = settings.resolved_database_url
-        await run_migrations_async(url)
+        if settings.migrate_on_start:
+            await run_migrations_async(url)
         engine = make_engine(url)
         w = WorkerContext(
             settings=settings,
@@ -100,4 +102,7 @@ def run_worker(queue: str | None = None, worker_id: str | None = None) -> None:
     settings = get_settings()
     if queue:
         settings = settings.model_copy(update={"queue_name": queue})
+    if settings.worker_metrics_port:
+        serve_worker_metrics(settings.worker_metrics_port)
+        log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
     build_worker(settings, worker_id).run()

@@ -79,6 +79,7 @@ async def create_job(
             param="model",
         )
     method = resolve_method(body)
+    queue_name = queue.queue_for(base_models[body.model])
     await _check_training_file(session, principal.project_id, body.training_file, "training_file")
     if body.validation_file is not None:
         await _check_training_file(session, principal.project_id, body.validation_file, "validation_file")
@@ -100,7 +101,7 @@ async def create_job(
         integrations=[i.model_dump() for i in body.integrations] if body.integrations else None,
         result_files=[],
         created_at=now(),
-        queue=queue.queue_name,
+        queue=queue_name,
     )
     session.add(job)
     await session.flush()  # the event row refers to the job row
@@ -108,7 +109,7 @@ async def create_job(
     await session.commit()
     # The row is the truth; if Redis is away, start-up requeueing will enqueue the job later.
     try:
-        await queue.enqueue(job.id)
+        await queue.enqueue(job.id, job.queue)
     except ApiError:
         log.warning("job %s created but not enqueued: the queue is unavailable", job.id)
     return job
@@ -170,7 +171,7 @@ async def resume_job(session: AsyncSession, queue: WorkQueue, job: FineTuningJob
     await session.commit()
     try:
         await queue.clear_signal(job.id)  # the pause that this resume answers
-        await queue.enqueue(job.id)
+        await queue.enqueue(job.id, job.queue)
     except ApiError:
         log.warning("job %s resumed but not enqueued: the queue is unavailable", job.id)
     return job
@@ -198,30 +199,28 @@ async def list_checkpoints(
     return await paginate(session, query, FineTuningCheckpoint, after=after, limit=limit, what="checkpoint")
 
 
-async def requeue_unfinished_jobs(sessionmaker: async_sessionmaker[AsyncSession], queue: WorkQueue) -> int:
-    """Enqueue every job that waits for a worker and holds no lease; return how many were
-    looked at. Safe to repeat: arq ignores a job id that is already queued, and workers skip
-    jobs that moved on. Run at API start and by workers now and then, it heals a job whose
-    enqueue was lost (Redis away at create, resume racing the end of a pause)."""
+async def requeue_unfinished_jobs(
+    sessionmaker: async_sessionmaker[AsyncSession], queue: WorkQueue, *, every_queue: bool = False
+) -> int:
+    """Enqueue every job that waits for a worker and holds no lease, on its own queue; return
+    how many were looked at. A worker looks after its queue only; the API (`every_queue`)
+    after all of them. Safe to repeat: arq ignores a job id that is already queued, and
+    workers skip jobs that moved on. Run at API start and by workers now and then, it heals
+    a job whose enqueue was lost (Redis away at create, resume racing the end of a pause)."""
+    query = select(FineTuningJob.id, FineTuningJob.queue).where(
+        FineTuningJob.status.in_([lc.VALIDATING, lc.QUEUED]), FineTuningJob.worker_id.is_(None)
+    )
+    if not every_queue:
+        query = query.where(FineTuningJob.queue == queue.queue_name)
     async with sessionmaker() as session:
-        job_ids = list(
-            (
-                await session.execute(
-                    select(FineTuningJob.id).where(
-                        FineTuningJob.status.in_([lc.VALIDATING, lc.QUEUED]),
-                        FineTuningJob.worker_id.is_(None),
-                        FineTuningJob.queue == queue.queue_name,
-                    )
-                )
-            ).scalars()
-        )
-    for job_id in job_ids:
+        waiting = list((await session.execute(query)).tuples())
+    for job_id, queue_name in waiting:
         try:
-            await queue.enqueue(job_id)
+            await queue.enqueue(job_id, queue_name)
         except ApiError:
-            log.warning("queue unavailable; %d jobs wait to be enqueued", len(job_ids))
+            log.warning("queue unavailable; %d jobs wait to be enqueued", len(waiting))
             break
-    return len(job_ids)
+    return len(waiting)
 
 
 async def owned_job(fine_tuning_job_id: str, session: SessionDep, principal: PrincipalDep) -> FineTuningJob:

@@ -9,6 +9,10 @@ entry into `trash/` before deleting it, so vLLM never reads half an adapter.
 vLLM re-reads an adapter from its path whenever it drops it from its own memory cache, so
 files may only go once vLLM has forgotten the adapter: `make_room` unloads first, then
 deletes.
+
+Hits, misses and evictions are counted with prometheus_client when it is importable (vLLM
+depends on it), on its default registry, which vLLM's own /metrics serves (in multiprocess
+mode too: the counters are made at import, after vLLM set PROMETHEUS_MULTIPROC_DIR).
 """
 
 from __future__ import annotations
@@ -26,8 +30,29 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("tailor.vllm_plugin.cache")
+
+
+class _NoCounter:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+def _counter(name: str, documentation: str) -> Any:
+    try:
+        from prometheus_client import Counter
+    except ImportError:  # the plugin works without metrics
+        return _NoCounter()
+    return Counter(name, documentation)
+
+
+HITS = _counter("tailor_adapter_cache_hits", "Adapters resolved from the local cache, without a download.")
+MISSES = _counter("tailor_adapter_cache_misses", "Adapters downloaded from the object store into the local cache.")
+EVICTIONS = _counter(
+    "tailor_adapter_cache_evictions", "Adapters whose files left the local cache (least recently used, or deleted)."
+)
 
 MARKER = ".tailor-adapter.json"
 
@@ -83,7 +108,9 @@ class AdapterCache:
         with self._locked(name):
             if (found := self.get(name)) is not None:
                 self.touch(name)
+                HITS.inc()
                 return found
+            MISSES.inc()
             tmp = Path(tempfile.mkdtemp(prefix=f"{self._key(name)}-", dir=self.root / "tmp"))
             try:
                 size = download(tmp)
@@ -113,6 +140,7 @@ class AdapterCache:
             if not directory.exists():
                 return False
             self._discard(directory)
+            EVICTIONS.inc()
             log.info("evicted adapter %s from the local cache", name)
             return True
 
