@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         60, ge=5, description="A running job whose worker has not renewed its lease for this long is requeued."
     )
     device: str = Field("auto", description="Training device: auto, cpu, cuda, cuda:N.")
+    train_processes: int | None = Field(
+        None, ge=1, le=64, description="Processes one job trains in, data-parallel (one per GPU). Default: on CUDA, "
+        "the GPUs its base model needs (gpu_count), as many as the worker has; on CPU, 1.",
+    )
     worker_pools: list[WorkerPool] = Field(
         default_factory=list,
         description='JSON list of worker pools, e.g. [{"queue": "tailor:a100x8", "gpu_memory_gb": 80, "gpu_count": 8}]. '

@@ -370,9 +370,6 @@ def test_smollm2_from_gguf_materializes_and_trains(tmp_path: Path) -> None:
 
 
 def test_child_reports_an_unusable_checkpoint_as_a_failure_not_a_crash(tiny_model: Path, tmp_path: Path) -> None:
-    import multiprocessing
-
-    from trainer.child import child_main
     from trainer.protocol import JobSpec
 
     empty_checkpoint = tmp_path / "resume"
@@ -385,6 +382,18 @@ def test_child_reports_an_unusable_checkpoint_as_a_failure_not_a_crash(tiny_mode
         validation_path=None, output_dir=str(tmp_path / "out"), device="cpu", resume_dir=str(empty_checkpoint),
         resume_step=4,
     )  # fmt: skip
+    messages = _child_messages(spec)
+    failed = messages[-1]
+    assert failed["kind"] == "failed" and failed["code"] == "checkpoint_unusable", messages
+    assert "is not a Tailor checkpoint" in failed["message"]
+
+
+def _child_messages(spec: Any) -> list[dict[str, Any]]:
+    """Run a job's child in this process (it may start followers); return all it sent."""
+    import multiprocessing
+
+    from trainer.child import child_main
+
     parent, child = multiprocessing.Pipe()
     child_main(spec.to_dict(), child)
     messages = []
@@ -393,6 +402,33 @@ def test_child_reports_an_unusable_checkpoint_as_a_failure_not_a_crash(tiny_mode
             messages.append(parent.recv())
     except EOFError:  # the child closed its end: all is read
         pass
-    failed = messages[-1]
-    assert failed["kind"] == "failed" and failed["code"] == "checkpoint_unusable", messages
-    assert "is not a Tailor checkpoint" in failed["message"]
+    return messages
+
+
+def test_data_parallel_training_equals_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    """Two gloo processes share every step's micro-batches and add their gradients: the
+    losses are the single process's, and only process 0 reports and writes files."""
+    from trainer.protocol import JobSpec
+
+    data = write_jsonl(tmp_path / "t.jsonl", sft_rows(16))
+
+    def spec(processes: int, out: str) -> JobSpec:
+        return JobSpec(
+            job_id="ftjob-test", method_type="supervised", hyperparameters={"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 20.0},
+            lora={"dropout": 0.0}, seed=5,
+            base_model={"name": "tiny", "source": "hf_dir", "location": str(tiny_model), "context_length": 256, "created": 0},
+            model_cache_dir=str(tmp_path / "cache"), training_path=str(data), validation_path=None,
+            output_dir=str(tmp_path / out), device="cpu", options={"micro_batch_tokens": 48, "pack_len": 48},
+            processes=processes,
+        )  # fmt: skip
+
+    def losses(messages: list[dict[str, Any]]) -> list[float]:
+        assert messages[-1]["kind"] == "done", messages[-1]
+        return [m["train_loss"] for m in messages if m["kind"] == "metrics"]
+
+    one = _child_messages(spec(1, "one"))
+    two = _child_messages(spec(2, "two"))
+    assert len(losses(two)) == len(losses(one)) == 4
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    assert [m["step"] for m in two if m["kind"] == "checkpoint"] == [2, 4]
+    assert (tmp_path / "two" / "adapter" / "adapter_config.json").is_file()

@@ -2,14 +2,20 @@
 else and kills this process to cancel, which frees all its memory at once.
 
 Started with the `spawn` method; reports through the pipe (trainer/protocol.py) and dies
-with its worker, so a SIGKILLed worker leaves no training process behind.
+with its worker, so a SIGKILLed worker leaves no training process behind. A job that
+trains data-parallel (trainer/ml/parallel.py) runs as this process (rank 0, the only one
+that talks to the worker) and followers it starts with `python -m trainer.child`, which
+die with it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import signal
+import socket
+import subprocess
 import sys
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -53,7 +59,7 @@ def child_main(spec_dict: dict[str, Any], conn: Connection) -> None:
     from trainer.ml.data import DatasetError
 
     try:
-        _train(spec, conn, send)
+        _run(spec, conn, send)
     except DatasetError as exc:
         send("failed", code=exc.code, message=exc.message, param=exc.param)
     except ConfigError as exc:
@@ -69,7 +75,75 @@ def child_main(spec_dict: dict[str, Any], conn: Connection) -> None:
         conn.close()
 
 
-def _train(spec: JobSpec, conn: Connection, send: Any) -> None:
+def _stop_reader(conn: Connection) -> Any:
+    def should_stop() -> str | None:
+        while conn.poll():
+            if conn.recv() == PAUSE:
+                return "pause"
+        return None
+
+    return should_stop
+
+
+def _processes(spec: JobSpec) -> int:
+    """How many processes train the job: the operator's number (TAILOR_TRAIN_PROCESSES),
+    else on CUDA the GPUs its base model needs, as far as this worker has them."""
+    from trainer.ml.base_model import resolve_device
+
+    if spec.processes:
+        return spec.processes
+    if resolve_device(spec.device).type == "cuda":
+        import torch
+
+        return max(1, min(int(spec.base_model.get("gpu_count") or 1), torch.cuda.device_count()))
+    return 1
+
+
+def _run(spec: JobSpec, conn: Connection, send: Any) -> None:
+    world = _processes(spec)
+    if world == 1:
+        _train(spec, send, _stop_reader(conn))
+        return
+    from trainer.ml import parallel
+    from trainer.ml.base_model import resolve_device
+
+    cuda = resolve_device(spec.device).type == "cuda"
+    with socket.socket() as s:  # process 0 listens here for the others
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    followers = [
+        subprocess.Popen([sys.executable, "-m", "trainer.child", json.dumps(spec.to_dict()), str(rank), str(world), str(port)])
+        for rank in range(1, world)
+    ]
+    log.info("training on %d processes (%s)", world, "nccl" if cuda else "gloo")
+    try:
+        with parallel.joined(0, world, port, cuda):
+            _train(spec, send, _stop_reader(conn), device="cuda:0" if cuda else None)
+    finally:
+        for follower in followers:
+            try:
+                follower.wait(30)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                follower.wait()
+
+
+def follower_main(argv: list[str]) -> int:
+    """A data-parallel process other than 0: trains its share, reports nothing."""
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s child %(message)s")
+    from trainer.ml import parallel
+    from trainer.ml.base_model import resolve_device
+
+    spec = JobSpec(**json.loads(argv[0]))
+    rank, world, port = int(argv[1]), int(argv[2]), int(argv[3])
+    cuda = resolve_device(spec.device).type == "cuda"
+    with parallel.joined(rank, world, port, cuda):
+        _train(spec, lambda kind, **payload: None, None, device=f"cuda:{rank}" if cuda else None)
+    return 0
+
+
+def _train(spec: JobSpec, send: Any, should_stop: Any, device: str | None = None) -> None:
     from service.model_registry import BaseModelSpec
     from trainer.ml.base_model import load_tokenizer, materialize, resolve_device
     from trainer.ml.config import TrainConfig, resolve_auto
@@ -78,7 +152,7 @@ def _train(spec: JobSpec, conn: Connection, send: Any) -> None:
 
     model_path = materialize(BaseModelSpec(**spec.base_model), Path(spec.model_cache_dir))
     config = TrainConfig.from_job(
-        spec.method_type, spec.hyperparameters, spec.lora, seed=spec.seed, device=spec.device, **spec.options
+        spec.method_type, spec.hyperparameters, spec.lora, seed=spec.seed, device=device or spec.device, **spec.options
     )
     tokenizer = load_tokenizer(model_path)
     max_len = min(int(spec.base_model.get("context_length") or 2048), context_length(model_path))
@@ -106,12 +180,6 @@ def _train(spec: JobSpec, conn: Connection, send: Any) -> None:
                 "full_valid_loss", "full_valid_mean_token_accuracy")
         send("checkpoint", step=step, dir=str(directory), metrics={k: float(v) for k, v in last.items() if k in keep})
 
-    def should_stop() -> str | None:
-        while conn.poll():
-            if conn.recv() == PAUSE:
-                return "pause"
-        return None
-
     result = train(
         config,
         model_path,
@@ -127,3 +195,7 @@ def _train(spec: JobSpec, conn: Connection, send: Any) -> None:
         send("done", dir=str(result.adapter_dir), trained_tokens=result.trained_tokens)
     else:
         send("paused", step=result.step)
+
+
+if __name__ == "__main__":
+    sys.exit(follower_main(sys.argv[1:]))

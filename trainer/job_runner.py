@@ -169,6 +169,7 @@ class JobRun:
                 resume_dir=str(resume_dir) if resume_dir else None,
                 resume_step=checkpoint.step_number if checkpoint else 0,
                 options=dict((job.extra_hyperparameters or {}).get("training") or {}),
+                processes=self.w.settings.train_processes,
             )
 
     async def _supervise(self, spec: JobSpec) -> str:

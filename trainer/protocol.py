@@ -34,6 +34,8 @@ class JobSpec:
     resume_dir: str | None = None
     resume_step: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    # Processes that train the job data-parallel; None: the child decides (trainer/child.py).
+    processes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from trainer.ml.data import Dataset, load_dataset
 from trainer.ml.lora import build_lora_model, lora_targets
 from trainer.ml.losses import dpo_loss, pair_logprobs, score_targets, sequence_logprobs
 from trainer.ml.packing import PackedBatch, collate, micro_batches, segment
+from trainer.ml.parallel import Group
 from trainer.ml.results import Hooks, StepMetrics, StopRequest, TrainResult
 
 __all__ = [
@@ -50,6 +51,13 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+# What `_measure` sums per method, in one order for every process of a job.
+_STAT_KEYS = {
+    "supervised": ("loss", "correct", "targets"),
+    "dpo": ("loss", "correct", "targets", "rewards_chosen", "rewards_rejected", "reward_accuracy", "pairs"),
+}
+
+
 class _Run:
     def __init__(
         self,
@@ -64,6 +72,7 @@ class _Run:
         self.config, self.hooks, self.output_dir = config, hooks, output_dir
         self.train_data, self.valid_data = train_data, valid_data
         self.device = resolve_device(config.device)
+        self.group = Group()  # the job's processes: one unless it trains data-parallel
         self.r = resolve_auto(config, len(train_data), self.device.type)
         torch.manual_seed(config.seed)  # LoRA init, then dropout
         if base is None:
@@ -174,19 +183,26 @@ class _Run:
     def _pass(
         self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool
     ) -> _Measured | str:
-        batches = [b.to(self.device) for b in self._batches(data, idxs)]
-        norm = max(1, sum(b.n_targets for b in batches)) if data.method == "supervised" else len(idxs)
+        packed = self._batches(data, idxs)
+        norm = max(1, sum(b.n_targets for b in packed)) if data.method == "supervised" else len(idxs)
+        # Training steps are shared among the job's processes; evaluation is run whole by each.
+        shared = learn and self.group.active
+        mine = self.group.mine(len(packed)) if shared else range(len(packed))
         sums: dict[str, float] = defaultdict(float)
-        for k, batch in enumerate(batches):
-            if learn and k > 0 and (stop := self._poll()) is not None:
+        for k in mine:
+            # Mid-step stop requests only when alone: processes may only stop together.
+            if learn and not shared and k > 0 and (stop := self._poll()) is not None:
                 return stop  # cancel or pause mid-step: the partial gradients are dropped
             with torch.set_grad_enabled(learn):
-                loss, stats = self._measure(batch, cache)
+                loss, stats = self._measure(packed[k].to(self.device), cache)
             if learn:
                 (loss / norm).backward()
             for key, value in stats.items():
                 sums[key] += value
-        return _Measured(sums=dict(sums), tokens=sum(b.n_tokens for b in batches), norm=norm)
+        if shared:
+            self.group.sum_gradients(self.params)
+            sums = self.group.sum_stats(sums, _STAT_KEYS[data.method], self.device)
+        return _Measured(sums=dict(sums), tokens=sum(b.n_tokens for b in packed), norm=norm)
 
     def _summary(self, m: _Measured) -> tuple[float, float, dict[str, float]]:
         loss = m.sums["loss"] / m.norm
@@ -246,7 +262,7 @@ class _Run:
 
     def checkpoint(self) -> Path:
         directory = self.output_dir / "checkpoints" / f"step-{self.step}"
-        if self.saved_step != self.step or not directory.exists():
+        if self.group.main and (self.saved_step != self.step or not directory.exists()):
             state = ckpt.TrainingState(step=self.step, trained_tokens=self.tokens, fingerprint=self.fingerprint())
             ckpt.save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state)
             self.saved_step = self.step
@@ -280,7 +296,7 @@ class _Run:
     def run(self) -> TrainResult:
         metrics = None
         for step in range(self.step, self.r.total_steps):
-            if (stop := self._poll()) is not None:
+            if (stop := self.group.agree(self._poll())) is not None:
                 return self._stop(stop)
             rng = torch.get_rng_state()
             measured = self._pass(self.train_data, self._step_units(step), self.ref_cache["train"], learn=True)
@@ -301,7 +317,8 @@ class _Run:
         elif self.valid_data is not None:  # resumed from the last step's checkpoint
             full = self.evaluate()
         final_dir = self.output_dir / "adapter"
-        ckpt.save_adapter(self.model, final_dir)
+        if self.group.main:  # every process holds the same weights
+            ckpt.save_adapter(self.model, final_dir)
         return self._result("succeeded", final_dir, full)
 
 
