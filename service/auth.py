@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -51,6 +52,30 @@ async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Pro
     return key, project
 
 
+class _VerifiedKeys:
+    """Key hashes the database confirmed in the last few seconds, with their principal.
+
+    Every authenticated request would otherwise pay a database round trip, which is most
+    of what the chat gateway adds to a short completion. Only keys found valid are kept;
+    a key revoked in the database stops working within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 10_000):
+        self.ttl, self.size = ttl, size
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        hit = self._entries.get(key_hash)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + self.ttl)
+
+
+_verified = _VerifiedKeys()
+
+
 async def authenticate(request: Request, session: SessionDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -60,17 +85,22 @@ async def authenticate(request: Request, session: SessionDep) -> Principal:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). Create one with `tailor keys create --project NAME`."
         )
     token = token.strip()
+    key_hash = hash_key(token)
+    if (known := _verified.get(key_hash)) is not None:
+        return known
     row = (
         await session.execute(
             select(ApiKey.project_id, Project.name)
             .join(Project, Project.id == ApiKey.project_id)
-            .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).first()
     if row is None:
         shown = token[:8] + "*" * 4 + token[-4:] if len(token) > 12 else "****"
         raise Unauthorized(f"Incorrect API key provided: {shown}. Create a key with `tailor keys create --project NAME`.")
-    return Principal(project_id=row[0], project_name=row[1])
+    principal = Principal(project_id=row[0], project_name=row[1])
+    _verified.put(key_hash, principal)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

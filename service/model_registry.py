@@ -107,7 +107,8 @@ def load_registry(extra_file: Path | None) -> dict[str, BaseModelSpec]:
     return models
 
 
-def _registry_of(request: Request) -> dict[str, BaseModelSpec]:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+async def _registry_of(request: Request) -> dict[str, BaseModelSpec]:
     return request.app.state.base_models
 
 

@@ -155,7 +155,7 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
         raise ServiceUnavailable(f"The work queue (Redis) is unavailable: {exc}. Try again shortly.") from exc
 
 
-def get_queue(request: Request) -> WorkQueue:
+async def get_queue(request: Request) -> WorkQueue:
     return request.app.state.queue
 
 

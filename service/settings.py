@@ -149,7 +149,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 

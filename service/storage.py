@@ -224,7 +224,7 @@ def open_store(url: str, *, s3_endpoint_url: str | None = None, s3_region: str |
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 

@@ -241,7 +241,8 @@ def open_gateway(settings: Settings, base_models: dict[str, BaseModelSpec]) -> I
     )
 
 
-def get_gateway(request: Request) -> InferenceGateway:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+async def get_gateway(request: Request) -> InferenceGateway:
     return request.app.state.inference
 
 

@@ -1,0 +1,26 @@
+"""The few-seconds cache of verified API keys (service/auth.py)."""
+
+from __future__ import annotations
+
+import time
+
+from service.auth import Principal, _VerifiedKeys
+
+
+def test_a_verified_key_is_remembered_until_its_ttl() -> None:
+    cache = _VerifiedKeys(ttl=0.2)
+    principal = Principal(project_id="proj_a", project_name="alpha")
+    assert cache.get("h1") is None
+    cache.put("h1", principal)
+    assert cache.get("h1") == principal
+    assert cache.get("h2") is None
+    time.sleep(0.25)
+    assert cache.get("h1") is None, "past the TTL the database must be asked again (a key may be revoked)"
+
+
+def test_the_cache_stays_bounded() -> None:
+    cache = _VerifiedKeys(ttl=60, size=3)
+    for i in range(10):
+        cache.put(f"h{i}", Principal(project_id=f"p{i}", project_name=f"n{i}"))
+    assert len(cache._entries) <= 3
+    assert cache.get("h9") is not None
