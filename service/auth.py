@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db import SessionDep
 from service.errors import Unauthorized
 from service.ids import new_id, now
+from service.ttl_cache import TtlCache
 from service.tables import ApiKey, Project
 
 KEY_PREFIX = "sk-tailor-"
@@ -52,28 +52,11 @@ async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Pro
     return key, project
 
 
-class _VerifiedKeys:
-    """Key hashes the database confirmed in the last few seconds, with their principal.
-
-    Every authenticated request would otherwise pay a database round trip, which is most
-    of what the chat gateway adds to a short completion. Only keys found valid are kept;
-    a key revoked in the database stops working within `ttl` seconds."""
-
-    def __init__(self, ttl: float = 5.0, size: int = 10_000):
-        self.ttl, self.size = ttl, size
-        self._entries: dict[str, tuple[Principal, float]] = {}
-
-    def get(self, key_hash: str) -> Principal | None:
-        hit = self._entries.get(key_hash)
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
-
-    def put(self, key_hash: str, principal: Principal) -> None:
-        if len(self._entries) >= self.size:
-            self._entries.clear()
-        self._entries[key_hash] = (principal, time.monotonic() + self.ttl)
-
-
-_verified = _VerifiedKeys()
+# Key hashes the database confirmed in the last few seconds, with their principal. Every
+# authenticated request would otherwise pay a database round trip, which is most of what
+# the chat gateway adds to a short completion. A key revoked in the database stops working
+# within the TTL.
+_verified: TtlCache[str, Principal] = TtlCache(ttl=5.0)
 
 
 async def authenticate(request: Request, session: SessionDep) -> Principal:

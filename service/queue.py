@@ -117,11 +117,6 @@ class WorkQueue:
                 self._pool = await connect(self.redis_url)
             return self._pool
 
-    @property
-    def queue_names(self) -> list[str]:
-        """Every queue jobs may wait on: the default one and each pool's."""
-        return list(dict.fromkeys([self.queue_name, *(p.queue for p in self.pools)]))
-
     def queue_for(self, spec: BaseModelSpec) -> str:
         return queue_for(spec, self.pools, self.queue_name)
 

@@ -29,6 +29,7 @@ from service.errors import ApiError, InvalidRequest, ServiceUnavailable
 from service.model_registry import BaseModelSpec
 from service.models.service import find_fine_tuned, not_found
 from service.settings import Settings
+from service.ttl_cache import TtlCache
 
 log = logging.getLogger("tailor.chat")
 # One INFO line per relayed request would double the access log and cost CPU on the hot path.
@@ -76,52 +77,23 @@ class ReplicaPool:
         return sorted(rotated, key=lambda r: (r.down_until > now, r.outstanding))
 
 
-class OwnershipCache:
-    """Recently confirmed (project, fine-tuned model) -> base model, for a few seconds.
-
-    Only what the database confirmed is kept, so a new model is servable at once. A model
-    deleted through another API process may stay in this cache until it expires, and that
-    is safe: deletion removes the adapter from the store and from vLLM before it returns,
-    so vLLM answers 404 for it, which reaches the caller as the same model_not_found."""
-
-    def __init__(self, ttl: float = 5.0, size: int = 10_000):
-        self.ttl = ttl
-        self.size = size
-        self._entries: dict[tuple[str, str], tuple[str, float]] = {}
-
-    def get(self, project_id: str, model: str) -> str | None:
-        hit = self._entries.get((project_id, model))
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def put(self, project_id: str, model: str, base_model: str) -> None:
-        if len(self._entries) >= self.size:
-            self._entries.clear()
-        self._entries[(project_id, model)] = (base_model, time.monotonic() + self.ttl)
-
-    def forget(self, model: str) -> None:
-        for key in [k for k in self._entries if k[1] == model]:
-            del self._entries[key]
-
-
 async def base_model_of(
     session: AsyncSession,
     principal: Principal,
     base_models: dict[str, BaseModelSpec],
     model: str,
-    owners: OwnershipCache | None = None,
+    owners: TtlCache[tuple[str, str], str] | None = None,
 ) -> str:
     """The base model whose vLLM servers answer `model`, if the caller may use it."""
     if model in base_models:
         return model
-    if owners is not None and (base := owners.get(principal.project_id, model)) is not None:
+    if owners is not None and (base := owners.get((principal.project_id, model))) is not None:
         return base
     row = await find_fine_tuned(session, principal.project_id, model)
     if row is None:
         raise not_found(model)
     if owners is not None:
-        owners.put(principal.project_id, model, row.base_model)
+        owners.put((principal.project_id, model), row.base_model)
     return row.base_model
 
 
@@ -134,7 +106,11 @@ class InferenceGateway:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30),
         )
-        self.owners = OwnershipCache()
+        # (project, fine-tuned model) -> base model, confirmed by the database in the last
+        # few seconds. A model deleted through another API process may stay here until it
+        # expires, and that is safe: deletion removes the adapter from the store and from
+        # vLLM before it returns, so vLLM answers 404, the same model_not_found.
+        self.owners: TtlCache[tuple[str, str], str] = TtlCache(ttl=5.0)
         _live.add(self)
 
     async def aclose(self) -> None:
@@ -174,7 +150,7 @@ class InferenceGateway:
 
     async def unload(self, base_model: str, name: str) -> None:
         """Make every replica of `base_model` forget an adapter now; each also deletes its cached files."""
-        self.owners.forget(name)
+        self.owners.discard(lambda key: key[1] == name)
         pool = self.pools.get(base_model)
         if pool is None:
             return
