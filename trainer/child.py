@@ -14,7 +14,6 @@ import ctypes
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -85,14 +84,12 @@ def _stop_reader(conn: Connection) -> Any:
     return should_stop
 
 
-def _processes(spec: JobSpec) -> int:
+def _processes(spec: JobSpec, cuda: bool) -> int:
     """How many processes train the job: the operator's number (TAILOR_TRAIN_PROCESSES),
     else on CUDA the GPUs its base model needs, as far as this worker has them."""
-    from trainer.ml.base_model import resolve_device
-
     if spec.processes:
         return spec.processes
-    if resolve_device(spec.device).type == "cuda":
+    if cuda:
         import torch
 
         return max(1, min(int(spec.base_model.get("gpu_count") or 1), torch.cuda.device_count()))
@@ -100,17 +97,17 @@ def _processes(spec: JobSpec) -> int:
 
 
 def _run(spec: JobSpec, conn: Connection, send: Any) -> None:
-    world = _processes(spec)
-    if world == 1:
-        _train(spec, send, _stop_reader(conn))
-        return
     from trainer.ml import parallel
     from trainer.ml.base_model import resolve_device
 
     cuda = resolve_device(spec.device).type == "cuda"
-    with socket.socket() as s:  # process 0 listens here for the others
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    world = _processes(spec, cuda)
+    if world == 1:
+        _train(spec, send, _stop_reader(conn))
+        return
+    from service.devservers import free_port
+
+    port = free_port()  # process 0 listens here for the others
     followers = [
         subprocess.Popen([sys.executable, "-m", "trainer.child", json.dumps(spec.to_dict()), str(rank), str(world), str(port)])
         for rank in range(1, world)
