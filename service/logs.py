@@ -53,21 +53,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def _route_uvicorn_to_root() -> None:
-    """uvicorn configures its own handlers and formats when it starts; send its lines
-    through the root handler instead, so the access log is in the same format (and, in
-    JSON, carries the request id)."""
-    try:
-        from uvicorn.config import LOGGING_CONFIG
-    except ImportError:
-        return
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        config = LOGGING_CONFIG.get("loggers", {}).get(name)
-        if config is not None:
-            config["handlers"] = []
-            config["propagate"] = True
-
-
 def setup_logging(level: str | int = "info", log_format: LogFormat | None = None) -> None:
     """Configure the root logger once for a `tailor` command. `log_format` defaults to the
     TAILOR_LOG_FORMAT setting."""
@@ -83,7 +68,6 @@ def setup_logging(level: str | int = "info", log_format: LogFormat | None = None
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     logging.captureWarnings(True)  # Python warnings become log lines in the same format
-    _route_uvicorn_to_root()
     if log_format == "json":
         # Progress bars (model loading in a training child) are not log lines; children inherit this.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
