@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,13 @@ async def stand_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         writer.close()  # the peer left, or the benchmark is over
 
 
-async def measure(direct: str, gateway: str, key: str, requests: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(direct: str, gateway: str, key: str, requests: int, server_pid: int) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=30) as d, httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {key}"}) as g:
         sides = {"direct": (d, direct), "gateway": (g, gateway)}
 
@@ -70,15 +77,19 @@ async def measure(direct: str, gateway: str, key: str, requests: int) -> dict[st
             for _ in range(50):
                 await one(side)
         times: dict[str, list[float]] = {"direct": [], "gateway": []}
+        cpu_before = cpu_seconds(server_pid)
         for i in range(requests):
             for side in ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct"):
                 times[side].append(await one(side))
+        server_cpu = cpu_seconds(server_pid) - cpu_before
     added = [g_ - d_ for g_, d_ in zip(times["gateway"], times["direct"], strict=True)]
     return {
         "requests": requests,
         "direct_p50_ms": 1000 * statistics.median(times["direct"]),
         "gateway_p50_ms": 1000 * statistics.median(times["gateway"]),
         "added_paired_median_ms": 1000 * statistics.median(added),
+        # CPU the API process spent per relayed request (and its share of idle housekeeping).
+        "gateway_cpu_ms_per_request": 1000 * server_cpu / requests,
     }
 
 
@@ -90,7 +101,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             env = {"TAILOR_REDIS_URL": redis_url, "TAILOR_INFERENCE_URLS": json.dumps({BASE: [f"http://127.0.0.1:{port}"]})}
             with running_server(env, workdir / "api") as api:
                 key = await asyncio.to_thread(api.create_key, "bench")
-                return await measure(f"http://127.0.0.1:{port}", api.root_url, key, args.requests)
+                return await measure(f"http://127.0.0.1:{port}", api.root_url, key, args.requests, api.pid)
     finally:
         server.close()
 

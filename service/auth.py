@@ -59,7 +59,7 @@ async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Pro
 _verified: TtlCache[str, Principal] = TtlCache(ttl=5.0)
 
 
-async def authenticate(request: Request, session: SessionDep) -> Principal:
+def _bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -67,10 +67,10 @@ async def authenticate(request: Request, session: SessionDep) -> Principal:
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). Create one with `tailor keys create --project NAME`."
         )
-    token = token.strip()
-    key_hash = hash_key(token)
-    if (known := _verified.get(key_hash)) is not None:
-        return known
+    return token.strip()
+
+
+async def _look_up(session: AsyncSession, token: str, key_hash: str) -> Principal:
     row = (
         await session.execute(
             select(ApiKey.project_id, Project.name)
@@ -84,6 +84,23 @@ async def authenticate(request: Request, session: SessionDep) -> Principal:
     principal = Principal(project_id=row[0], project_name=row[1])
     _verified.put(key_hash, principal)
     return principal
+
+
+async def authenticate(request: Request, session: SessionDep) -> Principal:
+    token = _bearer_token(request)
+    key_hash = hash_key(token)
+    return _verified.get(key_hash) or await _look_up(session, token, key_hash)
+
+
+async def authenticate_lazily(request: Request) -> Principal:
+    """`authenticate` for routes that need no database otherwise: a session is opened only
+    when the key is not in the cache."""
+    token = _bearer_token(request)
+    key_hash = hash_key(token)
+    if (known := _verified.get(key_hash)) is not None:
+        return known
+    async with request.app.state.sessionmaker() as session:
+        return await _look_up(session, token, key_hash)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

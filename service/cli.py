@@ -31,10 +31,17 @@ def serve(host: str, port: int, log_level: str) -> None:
     from service.app import create_app
 
     setup_logging(log_level)
-    # log_config=None: uvicorn adds no handlers of its own, so its lines (the access log
-    # too) go through the root handler set up above, in the same format and with the request id.
+    # log_config=None: uvicorn adds no handlers of its own, so its lines go through the root
+    # handler set up above, in the same format. access_log=False: the app writes its own
+    # access line, after the response (service/logs.py says why).
     uvicorn.run(
-        create_app(get_settings()), host=host, port=port, log_level=log_level, log_config=None, timeout_graceful_shutdown=10
+        create_app(get_settings()),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
     )
 
 

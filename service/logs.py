@@ -2,8 +2,13 @@
 object per line (TAILOR_LOG_FORMAT=json) with the id of the request being handled.
 
 While a request is handled, a ContextVar holds its `scope["state"]`, where
-service.errors.RequestIdMiddleware puts the request id; every line logged meanwhile (uvicorn's
-access line too: it is written from inside the request's task) carries that id.
+service.errors.RequestIdMiddleware puts the request id; every line logged meanwhile carries
+that id, the access line included.
+
+The access line is Tailor's own (`tailor.access`), not uvicorn's: uvicorn writes its line
+when the response starts, so formatting and writing it delayed every answer (about 0.1 ms
+of CPU per request on 2 cores, a fifth of a relayed chat request's cost). Ours is written
+once the response has been sent, and says how long the request took.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LogFormat = Literal["text", "json"]
 
@@ -80,8 +86,12 @@ def call_with_logging(level: str | int, log_format: LogFormat, target: Callable[
     return target(*args)
 
 
+access_log = logging.getLogger("tailor.access")
+
+
 class RequestLogContextMiddleware:
-    """Binds the request's state to `request_state_var` while the request is handled.
+    """Binds the request's state to `request_state_var` while the request is handled, and
+    writes the request's access line when it is over.
 
     It wraps service.errors.RequestIdMiddleware, which sets the id in that state, so even
     that middleware's line about a crash carries the id, and nothing stays bound after.
@@ -95,7 +105,32 @@ class RequestLogContextMiddleware:
             await self.app(scope, receive, send)
             return
         token = request_state_var.set(scope.setdefault("state", {}))
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status)
         finally:
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(scope, status, time.perf_counter() - started)
             request_state_var.reset(token)
+
+
+def _log_access(scope: Scope, status: int, seconds: float) -> None:
+    client = scope.get("client")
+    path = scope.get("path", "") + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+    access_log.info(
+        '%s "%s %s HTTP/%s" %d %.1fms',
+        f"{client[0]}:{client[1]}" if client else "-",
+        scope.get("method"),
+        path,
+        scope.get("http_version", "1.1"),
+        status,
+        1000 * seconds,
+    )

@@ -32,7 +32,8 @@ TRAIN_BYTES = (
 class FakeVllm:
     """Answers /v1/chat/completions and /v1/completions like vLLM. The request body steers it:
     `fake_status` (an error), `fake_sleep` (seconds before answering), `fake_chunks` and
-    `fake_delay` (a stream's length and pace)."""
+    `fake_delay` (a stream's length and pace), `fake_break` (fail the stream after that many
+    chunks: the connection is dropped mid-body)."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -99,6 +100,8 @@ class FakeVllm:
             chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": request["model"],
                      "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}], "sent_at": time.time()}
             await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+            if request.get("fake_break") == i + 1:
+                raise RuntimeError("the stand-in vLLM breaks off the stream")
             done, _ = await asyncio.wait({watcher}, timeout=request.get("fake_delay", 0.0))
             if done:
                 self.disconnects.append(time.monotonic())
@@ -299,8 +302,53 @@ def test_deleting_a_model_unloads_it_everywhere(alpha: openai.OpenAI, gateway: T
     alpha.chat.completions.create(model=doomed.checkpoints[3][1], messages=MESSAGES)
 
 
-def test_bad_requests_are_refused_before_vllm(raw: httpx.Client) -> None:
-    resp = raw.post("/chat/completions", json={"messages": MESSAGES})
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
-    resp = raw.post("/chat/completions", json={"model": BASE, "messages": []})
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages"
+def test_a_stream_vllm_breaks_off_ends_with_an_error_event(alpha: openai.OpenAI) -> None:
+    stream = alpha.chat.completions.create(model=BASE, messages=MESSAGES, stream=True, extra_body={"fake_chunks": 5, "fake_break": 2})
+    contents = []
+    with pytest.raises(openai.APIError) as exc:
+        for chunk in stream:
+            contents.append(chunk.choices[0].delta.content)
+    assert contents == ["t0 ", "t1 "]
+    assert "failed" in exc.value.message and "SmolLM2-135M-Instruct" in exc.value.message, exc.value.message
+
+
+def test_bad_requests_are_refused_before_vllm(raw: httpx.Client, gateway: TailorServer, fakes: Any) -> None:
+    before = sum(len(f.requests) for f in fakes)
+
+    def error(body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        resp = raw.post("/chat/completions", content=body, headers={"content-type": "application/json", **(headers or {})})
+        return resp.status_code, resp.json()["error"]
+
+    assert error(json.dumps({"messages": MESSAGES}).encode()) == (
+        400, {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error", "param": "model", "code": None})
+    assert error(json.dumps({"model": BASE, "messages": []}).encode())[1]["param"] == "messages"
+    assert error(json.dumps({"model": BASE, "messages": MESSAGES, "max_tokens": -1}).encode())[1]["param"] == "max_tokens"
+    status, err = error(json.dumps({"model": BASE, "messages": MESSAGES, "stream_options": {"include_usage": "often"}}).encode())
+    assert (status, err["param"]) == (400, "stream_options.include_usage"), err
+    assert error(b'{"model": "x", "messages": [') == (
+        400, {"message": "We could not parse the JSON body of your request. Send valid JSON.", "type": "invalid_request_error",
+              "param": None, "code": None})
+    assert error(b"[1, 2]")[0] == 400
+    # Without a valid key the answer is 401 whatever the body: the key is checked first.
+    assert error(b"not json", {"Authorization": "Bearer sk-wrong"})[0] == 401
+    resp = httpx.post(gateway.base_url + "/completions", content=b"not json")
+    assert resp.status_code == 401 and resp.json()["error"]["type"] == "invalid_request_error"
+    assert sum(len(f.requests) for f in fakes) == before  # none of them reached vLLM
+
+
+def test_a_relay_route_takes_no_other_dependency() -> None:
+    # RelayRoute hands its endpoint exactly body, request and principal: a dependency added
+    # to an endpoint would silently never run, so declaring one is an error at start-up.
+    from fastapi import APIRouter, Request
+
+    from service.auth import PrincipalDep
+    from service.chat.router import RelayRoute
+    from service.chat.schemas import CompletionCreate
+    from service.db import SessionDep
+
+    router = APIRouter(route_class=RelayRoute)
+
+    async def endpoint(body: CompletionCreate, request: Request, principal: PrincipalDep, session: SessionDep) -> None: ...
+
+    with pytest.raises(TypeError, match="exactly body, request and principal"):
+        router.post("/x")(endpoint)

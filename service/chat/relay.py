@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 
-import httpx
+import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -68,38 +68,47 @@ class UpstreamRelay(Response):
             replica, upstream = await self.gateway.open(self.base_model, self.path, self.body_bytes, self.request_id)
         except NoReplica:
             return await error_response(unreachable(self.base_model))(scope, receive, send)
-        except httpx.TimeoutException:
-            return await self._fail(scope, receive, send, self._timeout())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return await self._fail(scope, receive, send, self._failure(exc))
         try:
-            if upstream.status_code >= 400:
-                content = await upstream.aread()
-                return await self._fail(scope, receive, send, upstream_error(upstream.status_code, content, self.model))
+            if upstream.status >= 400:
+                content = await upstream.read()
+                return await self._fail(scope, receive, send, upstream_error(upstream.status, content, self.model))
             media_type = upstream.headers.get("content-type", "application/json")
             if media_type.startswith("text/event-stream"):
                 await self._stream(upstream, send, media_type)
             else:
-                content = await upstream.aread()
-                await Response(content, upstream.status_code, media_type=media_type)(scope, receive, send)
-        except httpx.TimeoutException:
+                content = await upstream.read()
+                await Response(content, upstream.status, media_type=media_type)(scope, receive, send)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if not self._started:
-                await self._fail(scope, receive, send, self._timeout())
+                await self._fail(scope, receive, send, self._failure(exc))
         finally:
-            await upstream.aclose()
+            if upstream.content.at_eof():
+                upstream.release()  # read whole: the connection goes back to the pool
+            else:
+                upstream.close()  # the client left, or vLLM broke off: closing aborts the request in vLLM
             self.gateway.done(replica)
 
-    async def _stream(self, upstream: httpx.Response, send: Send, media_type: str) -> None:
+    async def _stream(self, upstream: aiohttp.ClientResponse, send: Send, media_type: str) -> None:
         headers = [(b"content-type", media_type.encode("latin-1")), (b"cache-control", b"no-cache")]
-        await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         self._started = True
         try:
-            async for chunk in upstream.aiter_raw():
+            # iter_any: each piece as soon as it arrives, whatever its size.
+            async for chunk in upstream.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already: say so the way vLLM reports a failure mid-stream.
-            error = self._timeout() if isinstance(exc, httpx.TimeoutException) else _broken(exc)
+            error = self._failure(exc)
             event = envelope(error.message, error.type, error.param, error.code)
             await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _failure(self, exc: BaseException) -> ApiError:
+        if isinstance(exc, TimeoutError):
+            return self._timeout()
+        return UpstreamError(f"The inference server for '{self.base_model}' failed: {exc!r}")
 
     def _timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout(
@@ -108,10 +117,6 @@ class UpstreamRelay(Response):
 
     async def _fail(self, scope: Scope, receive: Receive, send: Send, exc: ApiError) -> None:
         await error_response(exc)(scope, receive, send)
-
-
-def _broken(exc: Exception) -> ApiError:
-    return UpstreamError(f"The inference server closed the stream early: {exc}")
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -6,6 +6,10 @@ caller's project (anything else is the same 404 as a missing model) and goes to 
 servers of its base, which resolve the `ft:` name to an adapter themselves. The gateway
 never rewrites a body; it picks the replica with the fewest requests in flight (round
 robin among equals), and skips for a moment a replica it could not connect to.
+
+The hop to vLLM uses aiohttp rather than httpx: on the hot path of a short answer httpx
+cost about 0.6 ms of CPU per request against aiohttp's 0.17 ms (measured on 2 cores,
+bench/README.md), and on a CPU host that time is taken from vLLM.
 """
 
 from __future__ import annotations
@@ -17,11 +21,10 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-import httpx
-from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.topology import upstreams
 from service.auth import Principal
@@ -32,11 +35,10 @@ from service.settings import Settings
 from service.ttl_cache import TtlCache
 
 log = logging.getLogger("tailor.chat")
-# One INFO line per relayed request would double the access log and cost CPU on the hot path.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DOWN_SECONDS = 2.0
 UNLOAD_TIMEOUT = 10.0
+KEEPALIVE_SECONDS = 4.0
 
 
 class UpstreamError(ApiError):
@@ -78,33 +80,41 @@ class ReplicaPool:
 
 
 async def base_model_of(
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     principal: Principal,
     base_models: dict[str, BaseModelSpec],
     model: str,
-    owners: TtlCache[tuple[str, str], str] | None = None,
+    owners: TtlCache[tuple[str, str], str],
 ) -> str:
-    """The base model whose vLLM servers answer `model`, if the caller may use it."""
+    """The base model whose vLLM servers answer `model`, if the caller may use it. The
+    database is asked only when `owners` has not seen the model in the last few seconds."""
     if model in base_models:
         return model
-    if owners is not None and (base := owners.get((principal.project_id, model))) is not None:
+    if (base := owners.get((principal.project_id, model))) is not None:
         return base
-    row = await find_fine_tuned(session, principal.project_id, model)
+    async with sessionmaker() as session:
+        row = await find_fine_tuned(session, principal.project_id, model)
     if row is None:
         raise not_found(model)
-    if owners is not None:
-        owners.put((principal.project_id, model), row.base_model)
+    owners.put((principal.project_id, model), row.base_model)
     return row.base_model
 
 
 class InferenceGateway:
     def __init__(self, upstreams: dict[str, list[str]], *, api_key: str | None, timeout: float, connect_timeout: float):
         self.pools = {name: ReplicaPool(name, [Replica(u) for u in urls]) for name, urls in upstreams.items() if urls}
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(
+        # Identity encoding: bodies are relayed as they come, so none may arrive compressed.
+        headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        # `timeout` bounds each wait for vLLM's next bytes (its answer, or a stream's next
+        # event), not the whole request: a long stream that keeps flowing is fine.
+        self.client = aiohttp.ClientSession(
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout),
+            # Idle connections are dropped before vLLM's server drops them (uvicorn: 5 s), so
+            # a request is never written to a connection the other side is closing.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
         )
         # (project, fine-tuned model) -> base model, confirmed by the database in the last
         # few seconds. A model deleted through another API process may stay here until it
@@ -115,7 +125,7 @@ class InferenceGateway:
 
     async def aclose(self) -> None:
         _live.discard(self)
-        await self.client.aclose()
+        await self.client.close()
 
     def pool(self, base_model: str) -> ReplicaPool:
         pool = self.pools.get(base_model)
@@ -123,19 +133,21 @@ class InferenceGateway:
             raise ServiceUnavailable(f"No inference server is configured for base model '{base_model}'.")
         return pool
 
-    async def open(self, base_model: str, path: str, body: bytes, request_id: str | None) -> tuple[Replica, httpx.Response]:
+    async def open(
+        self, base_model: str, path: str, body: bytes, request_id: str | None
+    ) -> tuple[Replica, aiohttp.ClientResponse]:
         """Send a request to a replica and return once its response headers arrive.
 
-        The caller owns the response (close it) and the replica's in-flight count (`done`)."""
-        headers = {"content-type": "application/json"}
+        The caller owns the response (release it) and the replica's in-flight count (`done`).
+        A timeout raises TimeoutError."""
+        headers = {"Content-Type": "application/json"}
         if request_id:
-            headers["x-request-id"] = request_id
+            headers["X-Request-Id"] = request_id
         for replica in self.pool(base_model).candidates():
             replica.outstanding += 1
-            request = self.client.build_request("POST", replica.url + path, content=body, headers=headers)
             try:
-                return replica, await self.client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                return replica, await self.client.post(replica.url + path, data=body, headers=headers)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # refused, no route, slow
                 replica.outstanding -= 1
                 replica.down_until = time.monotonic() + DOWN_SECONDS
                 log.warning("vLLM replica %s for %s is unreachable: %s", replica.url, base_model, exc)
@@ -158,14 +170,17 @@ class InferenceGateway:
 
     async def _unload_one(self, replica: Replica, name: str) -> None:
         try:
-            response = await self.client.post(
-                replica.url + "/v1/unload_lora_adapter", json={"lora_name": name}, timeout=UNLOAD_TIMEOUT
-            )
-        except httpx.HTTPError as exc:
-            log.warning("could not unload %s from %s: %s", name, replica.url, exc)
+            async with self.client.post(
+                replica.url + "/v1/unload_lora_adapter",
+                json={"lora_name": name},
+                timeout=aiohttp.ClientTimeout(total=UNLOAD_TIMEOUT),
+            ) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not unload %s from %s: %r", name, replica.url, exc)
             return
-        if response.status_code not in (200, 404):  # 404: that replica never loaded it
-            log.warning("unloading %s from %s answered %s: %s", name, replica.url, response.status_code, response.text[:300])
+        if response.status not in (200, 404):  # 404: that replica never loaded it
+            log.warning("unloading %s from %s answered %s: %s", name, replica.url, response.status, text[:300])
 
 
 # Gateways alive in this process, for the model-deletion hook (it runs in the Models
@@ -215,11 +230,3 @@ def open_gateway(settings: Settings, base_models: dict[str, BaseModelSpec]) -> I
         timeout=settings.inference_timeout_seconds,
         connect_timeout=settings.inference_connect_timeout_seconds,
     )
-
-
-# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
-async def get_gateway(request: Request) -> InferenceGateway:
-    return request.app.state.inference
-
-
-GatewayDep = Annotated[InferenceGateway, Depends(get_gateway)]
