@@ -8,7 +8,8 @@ shape) into the store and registers them as fine-tuned models of a project, then
 - throughput at N concurrent streams (default 16): completion tokens per second, request
   latency p50/p99 and time to first token, direct vs gateway, rounds interleaved D G G D…
   so drift on a shared machine falls on both sides alike;
-- added latency of short non-streamed answers (1 token), requests paired direct/gateway;
+- added latency of short non-streamed answers (1 token): the same request direct, through a
+  bare pass-through proxy (the price of any extra hop here) and through the gateway;
 - cold load of a never-used adapter (resolve, download, load, answer) against the same
   adapter warm.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import shutil
 import statistics
@@ -169,7 +171,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(args: argparse.Namespace, direct: str, gateway: str, key: str, names: list[str]) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, direct: str, proxy: str, gateway: str, key: str, names: list[str]
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=600, limits=limits) as d, httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as g:
@@ -189,21 +193,37 @@ async def measure(args: argparse.Namespace, direct: str, gateway: str, key: str,
         for client, url in sides.values():  # warm-up: connections, the adapter, vLLM's first batches
             await throughput(client, url, tuned, 4, 1, 8)
 
+        # Short answers: the same request direct, through a bare pass-through proxy
+        # (bench/passthrough_proxy.py: the cost of one more process on the path, whatever
+        # it does) and through the gateway, in rotating order so drift falls on all three.
+        short_sides = {**sides, "proxy": (d, proxy)}
+        orders = list(itertools.permutations(short_sides))
         for model, label in ((BASE, "base"), (tuned, "adapter")):
-            paired: dict[str, list[float]] = {"direct": [], "gateway": []}
+            paired: dict[str, list[float]] = {side: [] for side in short_sides}
             for i in range(args.short_requests):
-                order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
-                for side in order:
-                    paired[side].append(await short(*sides[side], model))
-            added = [g_ - d_ for g_, d_ in zip(paired["gateway"], paired["direct"], strict=True)]
+                for side in orders[i % len(orders)]:
+                    paired[side].append(await short(*short_sides[side], model))
+
+            def added(side: str, over: str = "direct") -> list[float]:
+                return [1000 * (a - b) for a, b in zip(paired[side], paired[over], strict=True)]
+
             out[f"short_{label}"] = {
                 "direct_p50_ms": 1000 * statistics.median(paired["direct"]),
+                "proxy_p50_ms": 1000 * statistics.median(paired["proxy"]),
                 "gateway_p50_ms": 1000 * statistics.median(paired["gateway"]),
                 "added_p50_ms": 1000 * (statistics.median(paired["gateway"]) - statistics.median(paired["direct"])),
-                "added_paired_median_ms": 1000 * statistics.median(added),
+                "added_paired_median_ms": statistics.median(added("gateway")),
+                "proxy_added_paired_median_ms": statistics.median(added("proxy")),
+                "gateway_over_proxy_paired_median_ms": statistics.median(added("gateway", "proxy")),
+                "added_paired_quartiles_ms": statistics.quantiles(added("gateway"), n=4),
+                "proxy_added_paired_quartiles_ms": statistics.quantiles(added("proxy"), n=4),
+                "samples_ms": {side: [1000 * x for x in times] for side, times in paired.items()},
             }
-            print(f"short {label}: {json.dumps(out[f'short_{label}'])}", flush=True)
+            summary = {k: v for k, v in out[f"short_{label}"].items() if not isinstance(v, (list, dict))}
+            print(f"short {label}: {json.dumps(summary)}", flush=True)
 
+        if not args.rounds:
+            return out
         runs: dict[str, list[Run]] = {"direct": [], "gateway": []}
         for r in range(args.rounds):
             for side in (("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")):
@@ -235,7 +255,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams")
     parser.add_argument("--per-stream", type=int, default=1, help="requests each stream sends, one after another")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens each streamed answer generates")
-    parser.add_argument("--rounds", type=int, default=4, help="throughput runs per side, interleaved")
+    parser.add_argument("--rounds", type=int, default=4, help="throughput runs per side, interleaved (0: latency only)")
     parser.add_argument("--short-requests", type=int, default=60, help="paired 1-token requests per model")
     parser.add_argument("--cold-adapters", type=int, default=5, help="never-loaded adapters timed cold, then warm")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -255,6 +275,9 @@ def main() -> None:
                    "TAILOR_MODEL_CACHE_DIR": str(model_cache), "TAILOR_INFERENCE_PORT": str(port), "TAILOR_DATA_DIR": str(work)}
             log = work / "inference.log"
             inference = _spawn([sys.executable, "-m", "service.cli", "inference"], log, env=clean_env(env), cwd=work)
+            proxy_port = free_port()
+            proxy = _spawn([sys.executable, str(REPO / "bench" / "passthrough_proxy.py"), str(proxy_port), f"127.0.0.1:{port}"],
+                           work / "proxy.log")  # fmt: skip
             try:
                 with running_server(env, work / "server") as server:
                     key = server.create_key(PROJECT)
@@ -262,11 +285,13 @@ def main() -> None:
                     direct = f"http://127.0.0.1:{port}"
                     print("waiting for vLLM", flush=True)
                     _wait_until(lambda: _healthy(direct), inference, "tailor inference", log, timeout=600)
-                    figures = asyncio.run(measure(args, direct, server.root_url, key, names))
+                    proxy_url = f"http://127.0.0.1:{proxy_port}"
+                    figures = asyncio.run(measure(args, direct, proxy_url, server.root_url, key, names))
             except BaseException:
                 print(log_tail(log), file=sys.stderr)
                 raise
             finally:
+                stop_process(proxy)
                 stop_process(inference, grace=30)
     print(json.dumps(figures, indent=2))
     if args.json:

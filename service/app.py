@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.chat.router import ChatShortcut
 from service.chat.router import router as chat_router
 from service.chat.service import open_gateway
 from service.db import make_engine, make_sessionmaker, run_migrations_async
@@ -66,12 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Middleware added last runs first: metrics see every response (crashes as 500s), and
     # log lines see the id RequestIdMiddleware sets, its own line about a crash included.
+    # Innermost: the chat paths skip FastAPI's routing (service/chat/router.py says why).
+    app.add_middleware(ChatShortcut, routes={"/v1" + route.path: route for route in chat_router.routes})
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestLogContextMiddleware)
     install_api_metrics(app)
-    # The chat routes first: FastAPI tries routes in order, and they are the hot path
-    # (matching through the others cost about 0.2 ms of CPU per chat request).
-    for router in (chat_router, files_router, uploads_router, fine_tuning_router, models_router):
+    for router in (files_router, uploads_router, fine_tuning_router, models_router, chat_router):
         app.include_router(router, prefix="/v1")
 
     @app.get("/health", include_in_schema=False)

@@ -102,6 +102,11 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    return validation_error_response(exc)
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """A 400 in the OpenAI envelope naming the first field at fault."""
     errors = list(exc.errors())
     first = errors[0] if errors else {"msg": "Invalid request", "loc": ()}
     param = _param_from_location(tuple(first.get("loc", ())))

@@ -197,6 +197,15 @@ def test_completions_route(alpha: openai.OpenAI, fakes: Any) -> None:
     assert any(r["path"] == "/v1/completions" and r["json"]["prompt"] == "Once upon" for f in fakes for r in f.requests)
 
 
+def test_chat_requests_are_timed_under_their_route(raw: httpx.Client, gateway: TailorServer) -> None:
+    # The chat paths bypass FastAPI's routing (ChatShortcut); their metrics must not.
+    raw.post("/chat/completions", json={"model": BASE, "messages": MESSAGES})
+    raw.get("/chat/completions")  # another method: FastAPI's 405
+    text = httpx.get(gateway.root_url + "/metrics").text
+    assert 'route="/v1/chat/completions",status="200"' in text
+    assert 'method="GET",route="/v1/chat/completions",status="405"' in text, text
+
+
 def test_foreign_and_unknown_models_are_the_same_404(alpha: openai.OpenAI, beta: openai.OpenAI, tuned: FinishedJob) -> None:
     errors = []
     for client, model in ((beta, tuned.fine_tuned_model), (beta, tuned.checkpoints[3][1]), (alpha, tuned.fine_tuned_model + "x"),

@@ -146,7 +146,7 @@ class InferenceGateway:
         for replica in self.pool(base_model).candidates():
             replica.outstanding += 1
             try:
-                return replica, await self.client.post(replica.url + path, data=body, headers=headers)
+                return replica, await self.client.post(replica.url + path, data=body, headers=headers, allow_redirects=False)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # refused, no route, slow
                 replica.outstanding -= 1
                 replica.down_until = time.monotonic() + DOWN_SECONDS
