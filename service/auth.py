@@ -70,7 +70,7 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def _look_up(session: AsyncSession, token: str, key_hash: str) -> Principal:
+async def _find(session: AsyncSession, key_hash: str) -> Principal | None:
     row = (
         await session.execute(
             select(ApiKey.project_id, Project.name)
@@ -78,10 +78,14 @@ async def _look_up(session: AsyncSession, token: str, key_hash: str) -> Principa
             .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).first()
-    if row is None:
+    return Principal(project_id=row[0], project_name=row[1]) if row is not None else None
+
+
+async def _look_up(session: AsyncSession, token: str, key_hash: str) -> Principal:
+    principal = await _find(session, key_hash)
+    if principal is None:
         shown = token[:8] + "*" * 4 + token[-4:] if len(token) > 12 else "****"
         raise Unauthorized(f"Incorrect API key provided: {shown}. Create a key with `tailor keys create --project NAME`.")
-    principal = Principal(project_id=row[0], project_name=row[1])
     _verified.put(key_hash, principal)
     return principal
 
@@ -94,12 +98,19 @@ async def authenticate(request: Request, session: SessionDep) -> Principal:
 
 async def authenticate_lazily(request: Request) -> Principal:
     """`authenticate` for routes that need no database otherwise: a session is opened only
-    when the key is not in the cache."""
+    when the key is not in the cache, and a cached key is re-checked in the background
+    before it expires, so steady traffic never waits on the database."""
     token = _bearer_token(request)
     key_hash = hash_key(token)
-    if (known := _verified.get(key_hash)) is not None:
+    sessionmaker = request.app.state.sessionmaker
+
+    async def recheck() -> Principal | None:
+        async with sessionmaker() as session:
+            return await _find(session, key_hash)
+
+    if (known := _verified.get(key_hash, recheck)) is not None:
         return known
-    async with request.app.state.sessionmaker() as session:
+    async with sessionmaker() as session:
         return await _look_up(session, token, key_hash)
 
 

@@ -35,3 +35,47 @@ def test_discard_drops_the_entries_it_selects() -> None:
     cache.discard(lambda key: key[1] == "ft:m:1")
     assert cache.get(("proj_a", "ft:m:1")) is None and cache.get(("proj_b", "ft:m:1")) is None
     assert cache.get(("proj_a", "ft:m:2")) == "base"
+
+
+def test_entries_are_refreshed_ahead_in_the_background() -> None:
+    import asyncio
+
+    cache: TtlCache[str, str] = TtlCache(ttl=1.0)
+    calls: list[str] = []
+
+    def reload_to(value: str | None, fail: bool = False):  # noqa: ANN202
+        async def reload() -> str | None:
+            calls.append(f"{value}{' fails' if fail else ''}")
+            if fail:
+                raise RuntimeError("database away")
+            return value
+
+        return reload
+
+    async def main() -> None:
+        cache.put("k", "v1")
+        assert cache.get("k", reload_to("v2")) == "v1" and calls == []  # young: no reload
+        await asyncio.sleep(0.6)  # past half its life
+        assert cache.get("k", reload_to("v2")) == "v1"  # still served at once...
+        assert cache.get("k", reload_to("v2")) == "v1"  # ...and only one reload is started
+        await asyncio.sleep(0.1)
+        assert calls == ["v2"]
+        await asyncio.sleep(0.45)  # v1 would have expired; the reload renewed the entry
+        assert cache.get("k") == "v2"
+
+        cache.put("k", "v3")
+        await asyncio.sleep(0.6)
+        assert cache.get("k", reload_to(None)) == "v3"
+        await asyncio.sleep(0.1)
+        assert cache.get("k") is None, "a reload that finds nothing (a revoked key) drops the entry"
+
+        cache.put("k", "v4")
+        await asyncio.sleep(0.6)
+        assert cache.get("k", reload_to("v5", fail=True)) == "v4"
+        await asyncio.sleep(0.1)
+        assert cache.get("k") == "v4"  # a failed reload leaves it...
+        await asyncio.sleep(0.4)
+        assert cache.get("k") is None  # ...to expire as usual
+
+    asyncio.run(main())
+    assert calls == ["v2", "None", "v5 fails"]

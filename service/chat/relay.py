@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 
-import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,6 +27,7 @@ from service.chat.service import (
     unreachable,
     upstream_error,
 )
+from service.chat.upstream import UpstreamResponse
 from service.errors import ApiError, envelope, error_response
 
 log = logging.getLogger("tailor.chat")
@@ -68,7 +68,7 @@ class UpstreamRelay(Response):
             replica, upstream = await self.gateway.open(self.base_model, self.path, self.body_bytes, self.request_id)
         except NoReplica:
             return await error_response(unreachable(self.base_model))(scope, receive, send)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             return await self._fail(scope, receive, send, self._failure(exc))
         try:
             if upstream.status >= 400:
@@ -80,25 +80,21 @@ class UpstreamRelay(Response):
             else:
                 content = await upstream.read()
                 await Response(content, upstream.status, media_type=media_type)(scope, receive, send)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             if not self._started:
                 await self._fail(scope, receive, send, self._failure(exc))
         finally:
-            if upstream.content.at_eof():
-                upstream.release()  # read whole: the connection goes back to the pool
-            else:
-                upstream.close()  # the client left, or vLLM broke off: closing aborts the request in vLLM
+            upstream.release()  # kept if read whole; else closed, which aborts the request in vLLM
             self.gateway.done(replica)
 
-    async def _stream(self, upstream: aiohttp.ClientResponse, send: Send, media_type: str) -> None:
+    async def _stream(self, upstream: UpstreamResponse, send: Send, media_type: str) -> None:
         headers = [(b"content-type", media_type.encode("latin-1")), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         self._started = True
         try:
-            # iter_any: each piece as soon as it arrives, whatever its size.
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             # Headers are gone already: say so the way vLLM reports a failure mid-stream.
             error = self._failure(exc)
             event = envelope(error.message, error.type, error.param, error.code)

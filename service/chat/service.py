@@ -7,9 +7,7 @@ servers of its base, which resolve the `ft:` name to an adapter themselves. The 
 never rewrites a body; it picks the replica with the fewest requests in flight (round
 robin among equals), and skips for a moment a replica it could not connect to.
 
-The hop to vLLM uses aiohttp rather than httpx: on the hot path of a short answer httpx
-cost about 0.6 ms of CPU per request against aiohttp's 0.17 ms (measured on 2 cores,
-bench/README.md), and on a CPU host that time is taken from vLLM.
+The hop to vLLM uses a small client of its own (service/chat/upstream.py says why).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.topology import upstreams
@@ -31,6 +28,7 @@ from service.auth import Principal
 from service.errors import ApiError, InvalidRequest, ServiceUnavailable
 from service.model_registry import BaseModelSpec
 from service.models.service import find_fine_tuned, not_found
+from service.chat.upstream import UpstreamClient, UpstreamConnectError, UpstreamResponse
 from service.settings import Settings
 from service.ttl_cache import TtlCache
 
@@ -87,34 +85,37 @@ async def base_model_of(
     owners: TtlCache[tuple[str, str], str],
 ) -> str:
     """The base model whose vLLM servers answer `model`, if the caller may use it. The
-    database is asked only when `owners` has not seen the model in the last few seconds."""
+    database is asked only when `owners` has not seen the model in the last few seconds
+    (and re-asked in the background before the entry expires)."""
     if model in base_models:
         return model
-    if (base := owners.get((principal.project_id, model))) is not None:
+
+    async def base_of_owned() -> str | None:
+        async with sessionmaker() as session:
+            row = await find_fine_tuned(session, principal.project_id, model)
+        return row.base_model if row is not None else None
+
+    key = (principal.project_id, model)
+    if (base := owners.get(key, base_of_owned)) is not None:
         return base
-    async with sessionmaker() as session:
-        row = await find_fine_tuned(session, principal.project_id, model)
-    if row is None:
+    if (base := await base_of_owned()) is None:
         raise not_found(model)
-    owners.put((principal.project_id, model), row.base_model)
-    return row.base_model
+    owners.put(key, base)
+    return base
 
 
 class InferenceGateway:
     def __init__(self, upstreams: dict[str, list[str]], *, api_key: str | None, timeout: float, connect_timeout: float):
         self.pools = {name: ReplicaPool(name, [Replica(u) for u in urls]) for name, urls in upstreams.items() if urls}
-        # Identity encoding: bodies are relayed as they come, so none may arrive compressed.
-        headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         # `timeout` bounds each wait for vLLM's next bytes (its answer, or a stream's next
-        # event), not the whole request: a long stream that keeps flowing is fine.
-        self.client = aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout),
-            # Idle connections are dropped before vLLM's server drops them (uvicorn: 5 s), so
-            # a request is never written to a connection the other side is closing.
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+        # event), not the whole request: a long stream that keeps flowing is fine. Idle
+        # connections are dropped before vLLM's server drops them (uvicorn: 5 s), so a
+        # request is never written to a connection the other side is closing.
+        self.client = UpstreamClient(
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            keepalive=KEEPALIVE_SECONDS,
         )
         # (project, fine-tuned model) -> base model, confirmed by the database in the last
         # few seconds. A model deleted through another API process may stay here until it
@@ -133,21 +134,17 @@ class InferenceGateway:
             raise ServiceUnavailable(f"No inference server is configured for base model '{base_model}'.")
         return pool
 
-    async def open(
-        self, base_model: str, path: str, body: bytes, request_id: str | None
-    ) -> tuple[Replica, aiohttp.ClientResponse]:
+    async def open(self, base_model: str, path: str, body: bytes, request_id: str | None) -> tuple[Replica, UpstreamResponse]:
         """Send a request to a replica and return once its response headers arrive.
 
         The caller owns the response (release it) and the replica's in-flight count (`done`).
         A timeout raises TimeoutError."""
-        headers = {"Content-Type": "application/json"}
-        if request_id:
-            headers["X-Request-Id"] = request_id
+        headers = {"X-Request-Id": request_id} if request_id else None
         for replica in self.pool(base_model).candidates():
             replica.outstanding += 1
             try:
-                return replica, await self.client.post(replica.url + path, data=body, headers=headers, allow_redirects=False)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # refused, no route, slow
+                return replica, await self.client.post(replica.url, path, body, headers)
+            except UpstreamConnectError as exc:
                 replica.outstanding -= 1
                 replica.down_until = time.monotonic() + DOWN_SECONDS
                 log.warning("vLLM replica %s for %s is unreachable: %s", replica.url, base_model, exc)
@@ -170,13 +167,14 @@ class InferenceGateway:
 
     async def _unload_one(self, replica: Replica, name: str) -> None:
         try:
-            async with self.client.post(
-                replica.url + "/v1/unload_lora_adapter",
-                json={"lora_name": name},
-                timeout=aiohttp.ClientTimeout(total=UNLOAD_TIMEOUT),
-            ) as response:
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            response = await self.client.post(
+                replica.url, "/v1/unload_lora_adapter", json.dumps({"lora_name": name}).encode(), timeout=UNLOAD_TIMEOUT
+            )
+            try:
+                text = (await response.read()).decode("utf-8", "replace")
+            finally:
+                response.release()
+        except (ConnectionError, TimeoutError) as exc:
             log.warning("could not unload %s from %s: %r", name, replica.url, exc)
             return
         if response.status not in (200, 404):  # 404: that replica never loaded it
