@@ -225,7 +225,9 @@ def test_json_log_lines_carry_the_request_id(json_stack: dict[str, Any]) -> None
         return [r for r in json_lines(server.log_path) if r.get("request_id") == request_id]
 
     mine = wait_for(logged, 10, "the request's log line", [server])
-    assert any("/v1/models" in r["message"] and "401" in r["message"] for r in mine), mine
+    # The access line: written by Tailor after the response, with the status and duration.
+    assert any(r["logger"] == "tailor.access" and '"GET /v1/models HTTP/1.1" 401 ' in r["message"] and r["message"].endswith("ms")
+               for r in mine), mine
     records = json_lines(server.log_path)  # every line, uvicorn's start-up lines included, is JSON
     assert any(r["logger"].startswith("uvicorn") and "request_id" not in r for r in records), records[:5]
 
