@@ -136,10 +136,15 @@ def test_two_jobs_run_at_once_each_on_its_pool(cluster: dict[str, Any]) -> None:
         assert seen == ["running", "running"], f"the jobs did not overlap: {seen}"
         done = _wait(both_ended, 600, "both jobs to end", workers)
         assert done == ["succeeded", "succeeded"], [client.fine_tuning.jobs.retrieve(j.id).error for j in (small, big)]
-        # Each worker took its own pool's job, and only that one.
+        # Each worker took its own pool's job, and only that one. The worker writes its
+        # "job …: succeeded" line once the job has returned, a moment after the API shows it.
         for worker, mine, other in ((workers[0], small, big), (workers[1], big, small)):
-            log = worker.log_path.read_text()
-            assert f"job {mine.id}: succeeded" in log and other.id not in log, worker.log_tail()
+            def logged_outcome(w: TailorWorker = worker, job_id: str = mine.id) -> str | None:
+                text = w.log_path.read_text()
+                return text if f"job {job_id}: succeeded" in text else None
+
+            log = _wait(logged_outcome, 30, f"{worker.log_path.name} to log its job's outcome", workers)
+            assert other.id not in log, worker.log_tail()
     finally:
         for worker in workers:
             worker.stop()
