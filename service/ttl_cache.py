@@ -7,7 +7,7 @@ seen within `ttl` seconds. Bounded: when full it starts over rather than trackin
 
 `get(key, reload)` refreshes ahead: an entry past half its life is reloaded in the
 background while the caller gets the cached value, so steady traffic never waits on the
-database (a lookup there cost a relayed chat answer 5-15 ms on a busy 2-core host). The
+database (on a 2-core host such a lookup, run cold, cost a relayed chat answer about 6 ms). The
 expiry is untouched: a reload that finds the access gone drops the entry, and one that
 fails leaves it to expire.
 """

@@ -102,14 +102,12 @@ class UpstreamRelay(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _failure(self, exc: BaseException) -> ApiError:
+        """What the caller is told when vLLM timed out or the connection to it failed."""
         if isinstance(exc, TimeoutError):
-            return self._timeout()
+            return UpstreamTimeout(
+                f"The inference server for '{self.base_model}' did not answer in time (TAILOR_INFERENCE_TIMEOUT_SECONDS)."
+            )
         return UpstreamError(f"The inference server for '{self.base_model}' failed: {exc!r}")
-
-    def _timeout(self) -> UpstreamTimeout:
-        return UpstreamTimeout(
-            f"The inference server for '{self.base_model}' did not answer in time (TAILOR_INFERENCE_TIMEOUT_SECONDS)."
-        )
 
     async def _fail(self, scope: Scope, receive: Receive, send: Send, exc: ApiError) -> None:
         await error_response(exc)(scope, receive, send)

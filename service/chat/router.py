@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import Principal, PrincipalDep, authenticate_lazily

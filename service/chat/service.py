@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.topology import upstreams
 from service.auth import Principal
+from service.chat.upstream import UpstreamClient, UpstreamConnectError, UpstreamResponse
 from service.errors import ApiError, InvalidRequest, ServiceUnavailable
 from service.model_registry import BaseModelSpec
 from service.models.service import find_fine_tuned, not_found
-from service.chat.upstream import UpstreamClient, UpstreamConnectError, UpstreamResponse
 from service.settings import Settings
 from service.ttl_cache import TtlCache
 
