@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test openapi clean
+.PHONY: setup demo test lint openapi clean
 
 setup: $(STAMP) redis-server-installed setup-vllm
 
@@ -48,7 +48,14 @@ redis-server-installed:
 demo: setup
 	$(BIN)/tailor demo
 
-test: setup
+# Lint, format, the layer contracts (pyproject.toml) and types first: each fails CI on its own.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: setup lint
 	$(BIN)/python -m pytest
 
 openapi: setup

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx
 
-from service.devservers import free_port, private_redis, running_server
+from service.cli.devservers import free_port, private_redis, running_server
 
 BASE = "SmolLM2-135M-Instruct"
 ANSWER = json.dumps({

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx
 
-from service.devservers import (
+from service.cli.devservers import (
     _spawn,
     _wait_until,
     clean_env,
@@ -66,7 +66,7 @@ def make_adapter(out: Path, model_cache: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from service.model_registry import DEFAULT_BASE_MODELS
+    from service.core.registry import DEFAULT_BASE_MODELS
     from trainer.ml.base_model import materialize
     from trainer.ml.train import lora_targets
 
@@ -80,11 +80,11 @@ async def register(database_url: str, store_root: Path, adapter: Path, count: in
     """Store `count` copies of the adapter and register each as a fine-tuned model of PROJECT."""
     from sqlalchemy import select
 
-    from service.db import make_engine, make_sessionmaker
-    from service.ids import new_id, now
-    from service.models.service import fine_tuned_model_name, register_model
-    from service.tables import FineTuningJob, Project
-    from trainer.recorder import adapter_prefix
+    from service.core.db import make_engine, make_sessionmaker
+    from service.core.ids import new_id, now
+    from service.core.naming import adapter_prefix, fine_tuned_model_name
+    from service.core.tables import FineTuningJob, Project
+    from service.jobs.catalog import register_model
 
     engine = make_engine(database_url)
     names = []
@@ -127,8 +127,15 @@ class Run:
 
 
 async def stream_one(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, run: Run) -> None:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     first = None
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -171,12 +178,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(
-    args: argparse.Namespace, direct: str, proxy: str, gateway: str, key: str, names: list[str]
-) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, direct: str, proxy: str, gateway: str, key: str, names: list[str]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as d, httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as g:
+    async with (
+        httpx.AsyncClient(timeout=600, limits=limits) as d,
+        httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as g,
+    ):
         sides = {"direct": (d, direct), "gateway": (g, gateway)}
         tuned, cold_names = names[0], names[1:]
         out: dict[str, Any] = {}
@@ -186,9 +194,16 @@ async def measure(
         for name in cold_names:
             cold.append(await short(g, gateway, name))
             warm.append(await short(g, gateway, name))
-        out["adapter_load"] = {"cold_s": cold, "warm_s": warm, "cold_median_s": statistics.median(cold),
-                               "warm_median_s": statistics.median(warm)}
-        print(f"adapter cold {statistics.median(cold):.3f} s, warm {statistics.median(warm):.3f} s (median of {len(cold)})", flush=True)
+        out["adapter_load"] = {
+            "cold_s": cold,
+            "warm_s": warm,
+            "cold_median_s": statistics.median(cold),
+            "warm_median_s": statistics.median(warm),
+        }
+        print(
+            f"adapter cold {statistics.median(cold):.3f} s, warm {statistics.median(warm):.3f} s (median of {len(cold)})",
+            flush=True,
+        )
 
         for client, url in sides.values():  # warm-up: connections, the adapter, vLLM's first batches
             await throughput(client, url, tuned, 4, 1, 8)
@@ -226,7 +241,7 @@ async def measure(
             return out
         runs: dict[str, list[Run]] = {"direct": [], "gateway": []}
         for r in range(args.rounds):
-            for side in (("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")):
+            for side in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
                 run = await throughput(*sides[side], tuned, args.streams, args.per_stream, args.max_tokens)
                 runs[side].append(run)
                 print(f"round {r} {side}: {run.throughput:.1f} tok/s", flush=True)
@@ -242,8 +257,13 @@ async def measure(
         summary["ratio_throughput"] = summary["gateway"]["tokens_per_s"] / summary["direct"]["tokens_per_s"]
         summary["ratio_latency_p50"] = summary["gateway"]["latency_p50_s"] / summary["direct"]["latency_p50_s"]
         summary["ratio_ttft_p50"] = summary["gateway"]["ttft_p50_s"] / summary["direct"]["ttft_p50_s"]
-        out["streams"] = {"concurrency": args.streams, "per_stream": args.per_stream, "max_tokens": args.max_tokens,
-                          "rounds": args.rounds, **summary}
+        out["streams"] = {
+            "concurrency": args.streams,
+            "per_stream": args.per_stream,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            **summary,
+        }
         return out
 
 
@@ -271,8 +291,14 @@ def main() -> None:
         make_adapter(work / "adapter", model_cache)
         port = free_port()
         with private_redis(work / "redis") as redis_url:
-            env = {"TAILOR_DATABASE_URL": database_url, "TAILOR_REDIS_URL": redis_url, "TAILOR_STORAGE_URL": store_root.as_uri(),
-                   "TAILOR_MODEL_CACHE_DIR": str(model_cache), "TAILOR_INFERENCE_PORT": str(port), "TAILOR_DATA_DIR": str(work)}
+            env = {
+                "TAILOR_DATABASE_URL": database_url,
+                "TAILOR_REDIS_URL": redis_url,
+                "TAILOR_STORAGE_URL": store_root.as_uri(),
+                "TAILOR_MODEL_CACHE_DIR": str(model_cache),
+                "TAILOR_INFERENCE_PORT": str(port),
+                "TAILOR_DATA_DIR": str(work),
+            }
             log = work / "inference.log"
             inference = _spawn([sys.executable, "-m", "service.cli", "inference"], log, env=clean_env(env), cwd=work)
             proxy_port = free_port()

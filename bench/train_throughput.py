@@ -30,12 +30,62 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-WORDS = (
-    "the model answers questions about history science cooking travel and code with short clear "
-    "sentences it explains each step gives examples and checks the result before replying when "
-    "a user asks for help with a function the assistant reads the error message finds the line "
-    "and suggests a fix that keeps the tests passing"
-).split()
+WORDS = [
+    "the",
+    "model",
+    "answers",
+    "questions",
+    "about",
+    "history",
+    "science",
+    "cooking",
+    "travel",
+    "and",
+    "code",
+    "with",
+    "short",
+    "clear",
+    "sentences",
+    "it",
+    "explains",
+    "each",
+    "step",
+    "gives",
+    "examples",
+    "and",
+    "checks",
+    "the",
+    "result",
+    "before",
+    "replying",
+    "when",
+    "a",
+    "user",
+    "asks",
+    "for",
+    "help",
+    "with",
+    "a",
+    "function",
+    "the",
+    "assistant",
+    "reads",
+    "the",
+    "error",
+    "message",
+    "finds",
+    "the",
+    "line",
+    "and",
+    "suggests",
+    "a",
+    "fix",
+    "that",
+    "keeps",
+    "the",
+    "tests",
+    "passing",
+]
 
 
 def make_rows(n: int, max_tokens: int, seed: int) -> list[dict[str, Any]]:
@@ -251,7 +301,7 @@ def main() -> None:
     args.examples = args.examples or (256 if args.gpu else 64)
     args.max_len = args.max_len or (2048 if args.gpu else 768)
     if args.model_dir is None:
-        from service.model_registry import DEFAULT_BASE_MODELS
+        from service.core.registry import DEFAULT_BASE_MODELS
         from trainer.ml.base_model import materialize
 
         args.model_dir = str(materialize(DEFAULT_BASE_MODELS[0], Path(args.cache_dir)))

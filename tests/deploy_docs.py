@@ -29,8 +29,8 @@ import yaml
 
 from inference.launcher import MIDDLEWARE, vllm_command, vllm_env
 from service.cli import main as tailor_cli
-from service.model_registry import load_registry
-from service.settings import Settings
+from service.core.registry import load_registry
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -198,7 +198,7 @@ def command_errors(argv: list[str], env: dict[str, str]) -> list[str]:
 
 
 def effective(image_entry: list[str], image_cmd: list[str], entrypoint: Any, command: Any) -> list[str]:
-    split = (lambda v: shlex.split(v) if isinstance(v, str) else list(v))  # noqa: E731
+    split = lambda v: shlex.split(v) if isinstance(v, str) else list(v)  # noqa: E731
     entry = split(entrypoint) if entrypoint is not None else image_entry
     args = split(command) if command is not None else (image_cmd if entrypoint is None else [])
     return entry + args

@@ -18,12 +18,13 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import make_engine, make_sessionmaker
-from service.fine_tuning import lifecycle as lc
-from service.ids import new_id, now
-from service.models.service import checkpoint_model_name, fine_tuned_model_name, register_model
-from service.storage import ObjectStore, open_store
-from service.tables import FineTuningCheckpoint, FineTuningJob
+from service.core.db import make_engine, make_sessionmaker
+from service.core.ids import new_id, now
+from service.core.naming import checkpoint_model_name, fine_tuned_model_name
+from service.core.storage import ObjectStore, open_store
+from service.core.tables import FineTuningCheckpoint, FineTuningJob
+from service.jobs import lifecycle as lc
+from service.jobs.catalog import register_model
 
 T = TypeVar("T")
 

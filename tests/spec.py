@@ -39,16 +39,24 @@ def _spec_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        "openai-openapi.subset.yaml not found in any shared/reference/ above the tests; "
-        "set TAILOR_OPENAI_SPEC to its path"
+        "openai-openapi.subset.yaml not found in any shared/reference/ above the tests; set TAILOR_OPENAI_SPEC to its path"
     )
 
 
 # Keywords whose value is one schema, a list of schemas, or a name → schema map. Walking only
 # these keeps the rewrite away from data that merely looks like a schema (examples, defaults).
 _ONE_SCHEMA = (
-    "items", "additionalProperties", "unevaluatedProperties", "unevaluatedItems", "not",
-    "contains", "propertyNames", "if", "then", "else", "additionalItems",
+    "items",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "not",
+    "contains",
+    "propertyNames",
+    "if",
+    "then",
+    "else",
+    "additionalItems",
 )
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -100,6 +108,19 @@ def _openapi_to_json_schema(node: Any) -> Any:
     return node
 
 
+def _own_recursion(node: Any, name: str) -> Any:
+    """Draft 2019-09's `$recursiveAnchor: true` / `$recursiveRef: '#'` (a schema naming
+    itself, as CompoundFilter does) as a plain `$ref` to the component: 2020-12 dropped both."""
+    if isinstance(node, list):
+        return [_own_recursion(item, name) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _own_recursion(value, name) for key, value in node.items() if key != "$recursiveAnchor"}
+    if out.pop("$recursiveRef", None) == "#":
+        out["$ref"] = f"#/components/schemas/{name}"
+    return out
+
+
 def _extend(schemas: dict[str, Any]) -> None:
     # Deliberate extension: the spec's own example for POST /fine_tuning/jobs/{id}/pause
     # answers `"status": "paused"`, but FineTuningJob.status leaves "paused" out of its enum.
@@ -117,7 +138,7 @@ def load_spec() -> dict[str, Any]:
     spec = copy.deepcopy(spec)
     schemas = spec["components"]["schemas"]
     for name in list(schemas):
-        schemas[name] = _openapi_to_json_schema(schemas[name])
+        schemas[name] = _own_recursion(_openapi_to_json_schema(schemas[name]), name)
     _extend(schemas)
     return spec
 

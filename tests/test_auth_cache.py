@@ -1,11 +1,11 @@
-"""The few-seconds cache behind verified API keys and model ownership (service/ttl_cache.py)."""
+"""The few-seconds cache behind verified API keys and model ownership (service/api/ttl_cache.py)."""
 
 from __future__ import annotations
 
 import time
 
-from service.auth import Principal
-from service.ttl_cache import TtlCache
+from service.api.auth import Principal
+from service.api.ttl_cache import TtlCache
 
 
 def test_a_verified_key_is_remembered_until_its_ttl() -> None:
@@ -43,7 +43,7 @@ def test_entries_are_refreshed_ahead_in_the_background() -> None:
     cache: TtlCache[str, str] = TtlCache(ttl=1.0)
     calls: list[str] = []
 
-    def reload_to(value: str | None, fail: bool = False):  # noqa: ANN202
+    def reload_to(value: str | None, fail: bool = False):
         async def reload() -> str | None:
             calls.append(f"{value}{' fails' if fail else ''}")
             if fail:

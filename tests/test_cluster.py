@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from conftest import fresh_database_url
-from service.devservers import TailorWorker, running_server
 from tiny_model import WORDS, build_tiny_llama
+
+from service.cli.devservers import TailorWorker, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +121,7 @@ def test_two_jobs_run_at_once_each_on_its_pool(cluster: dict[str, Any]) -> None:
         TailorWorker(cluster["env"], cluster["root"] / "worker-gpu40", "worker-gpu40", "--queue", pools[1]["queue"]),
     ]
     try:
+
         def statuses() -> list[str]:
             return [client.fine_tuning.jobs.retrieve(j.id).status for j in (small, big)]
 
@@ -139,6 +140,7 @@ def test_two_jobs_run_at_once_each_on_its_pool(cluster: dict[str, Any]) -> None:
         # Each worker took its own pool's job, and only that one. The worker writes its
         # "job …: succeeded" line once the job has returned, a moment after the API shows it.
         for worker, mine, other in ((workers[0], small, big), (workers[1], big, small)):
+
             def logged_outcome(w: TailorWorker = worker, job_id: str = mine.id) -> str | None:
                 text = w.log_path.read_text()
                 return text if f"job {job_id}: succeeded" in text else None

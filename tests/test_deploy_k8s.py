@@ -24,7 +24,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-
 from deploy_docs import (
     DEPLOY,
     K8S_OVERLAYS,
@@ -44,8 +43,9 @@ from deploy_docs import (
     pod_spec,
     rendered,
 )
-from service.queue import queue_for
-from service.settings import Settings, WorkerPool
+
+from service.core.settings import Settings, WorkerPool
+from service.jobs.queue import queue_for
 
 
 @cache
@@ -80,7 +80,7 @@ def test_kubernetes_validation_rejects_broken_objects(tmp_path: Path) -> None:
     deployment["spec"]["replicas"] = "two"
     assert k8s_error(deployment)
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
-    with pytest.raises(RuntimeError, match="missing.yaml"):
+    with pytest.raises(RuntimeError, match=r"missing\.yaml"):
         kustomize(tmp_path)
 
 
@@ -238,7 +238,9 @@ def k8s_commands(target: str) -> list[tuple[str, list[str], dict[str, str]]]:
                 continue
             entry, cmd = image_defaults(DEPLOY / "docker" / dockerfile)
             argv = effective(entry, cmd, c.get("command"), c.get("args"))
-            out.append((f"{doc['kind']}/{doc['metadata']['name']}", argv, {v["name"]: v.get("value", "") for v in c.get("env", [])}))
+            out.append(
+                (f"{doc['kind']}/{doc['metadata']['name']}", argv, {v["name"]: v.get("value", "") for v in c.get("env", [])})
+            )
     return out
 
 

@@ -25,9 +25,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from yamllint import linter
-from yamllint.config import YamlLintConfig
-
 from deploy_docs import (
     DEPLOY,
     DOCKERFILES,
@@ -43,8 +40,10 @@ from deploy_docs import (
     load_compose,
     plugin_path_exists,
 )
-from inference.launcher import PLUGIN
+from yamllint import linter
+from yamllint.config import YamlLintConfig
 
+from inference.launcher import PLUGIN
 
 # --- Compose --------------------------------------------------------------------------
 

@@ -10,7 +10,11 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from service.errors import NotFound, RequestIdMiddleware, _param_from_location, install_error_handlers
+from service.api.errors import install_error_handlers
+from service.api.errors import param_from_location as _param_from_location
+from service.api.metrics import ApiMetrics
+from service.api.middleware import RequestMiddleware
+from service.core.errors import NotFound
 
 
 class Body(BaseModel):
@@ -21,7 +25,7 @@ class Body(BaseModel):
 def make_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestMiddleware, metrics=ApiMetrics())
 
     @app.post("/things")
     async def create(body: Body) -> dict[str, int]:

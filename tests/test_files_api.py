@@ -148,7 +148,10 @@ def test_create_retrieve_content(client_a: openai.OpenAI, http_a: httpx.Client) 
     assert got == body
     sdk_got = client_a.files.retrieve(body["id"])
     assert (sdk_got.id, sdk_got.bytes, sdk_got.filename, sdk_got.purpose) == (
-        body["id"], len(TRAIN_BYTES), "train.jsonl", "fine-tune",
+        body["id"],
+        len(TRAIN_BYTES),
+        "train.jsonl",
+        "fine-tune",
     )
 
     assert client_a.files.content(body["id"]).content == TRAIN_BYTES
@@ -221,13 +224,13 @@ def test_quotes_in_a_filename_do_not_break_the_header(server: Any, fresh: openai
     multipart = (
         b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
         + f'--b\r\nContent-Disposition: form-data; name="file"; filename="{escaped}"\r\n'.encode()
-        + b"Content-Type: application/jsonl\r\n\r\n" + TRAIN_BYTES + b"\r\n--b--\r\n"
+        + b"Content-Type: application/jsonl\r\n\r\n"
+        + TRAIN_BYTES
+        + b"\r\n--b--\r\n"
     )
     headers = {"Authorization": f"Bearer {fresh.api_key}"}
     with httpx.Client(base_url=server.root_url, headers=headers, timeout=30) as http:
-        body = file_json(
-            http.post(FILES, content=multipart, headers={"Content-Type": "multipart/form-data; boundary=b"})
-        )
+        body = file_json(http.post(FILES, content=multipart, headers={"Content-Type": "multipart/form-data; boundary=b"}))
         stored = body["filename"]
         assert "evil.sh.jsonl" in stored
         resp = http.get(f"{FILES}/{body['id']}/content")
@@ -447,8 +450,7 @@ def test_missing_file_field(http_a: httpx.Client) -> None:
     # `file` sent as a plain form field, not as a file
     error_of(http_a.post(FILES, files={"file": (None, "abc"), "purpose": (None, "fine-tune")}), 400, param="file")
     # a file under another name
-    error_of(http_a.post(FILES, files={"upload": ("t.jsonl", TRAIN_BYTES)}, data={"purpose": "fine-tune"}), 400,
-             param="file")
+    error_of(http_a.post(FILES, files={"upload": ("t.jsonl", TRAIN_BYTES)}, data={"purpose": "fine-tune"}), 400, param="file")
     # not multipart at all
     error_of(http_a.post(FILES, json={"file": "abc", "purpose": "fine-tune"}), 400, param="file")
 
@@ -524,8 +526,12 @@ def test_files_need_an_api_key(server: Any) -> None:
         resp = anon.get(FILES)
         assert resp.status_code == 401 and resp.headers.get("x-request-id")
         validate(resp.json(), "ErrorResponse")
-        resp = anon.post(FILES, files={"file": ("t.jsonl", TRAIN_BYTES)}, data={"purpose": "fine-tune"},
-                         headers={"Authorization": "Bearer sk-tailor-not-a-real-key"})
+        resp = anon.post(
+            FILES,
+            files={"file": ("t.jsonl", TRAIN_BYTES)},
+            data={"purpose": "fine-tune"},
+            headers={"Authorization": "Bearer sk-tailor-not-a-real-key"},
+        )
         assert resp.status_code == 401
         assert resp.json()["error"]["code"] == "invalid_api_key"
 
@@ -552,9 +558,7 @@ def test_request_id_on_every_response(http_a: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_limit_server(
-    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Any, str]]:
+def small_limit_server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
     """A second server (same database) that refuses files over 1000 bytes; yields it and a key."""
     data_dir = tmp_path_factory.mktemp("small-limit")
     with running_server({**server_env, "TAILOR_MAX_UPLOAD_BYTES": "1000"}, data_dir) as small:
@@ -579,11 +583,15 @@ def test_size_limit(small_limit_server: tuple[Any, str]) -> None:
     with httpx.Client(base_url=small.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         err = error_of(
             http.post(FILES, files={"file": ("big.bin", b"x" * 2000)}, data={"purpose": "user_data"}),
-            413, param="file", code="file_too_large",
+            413,
+            param="file",
+            code="file_too_large",
         )
         assert "1000" in err["message"]
         # Far over the limit: refused from the declared length alone.
         error_of(
             http.post(FILES, files={"file": ("huge.bin", b"x" * 300_000)}, data={"purpose": "user_data"}),
-            413, param="file", code="file_too_large",
+            413,
+            param="file",
+            code="file_too_large",
         )

@@ -13,17 +13,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from helpers_db import add_checkpoints, redis_client, start_job, succeed_job
-from service.ids import new_id
 from spec import assert_error_envelope, validate
+
+from service.core.ids import new_id
 
 BASE = "SmolLM2-135M-Instruct"
 JOBS = "/v1/fine_tuning/jobs"
 AUTO_HP = {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}
 TRAIN_LINES = [
-    {"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": f"Arr, {i}!"}]}
-    for i in range(5)
+    {"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": f"Arr, {i}!"}]} for i in range(5)
 ]
 TRAIN_BYTES = "".join(json.dumps(line) + "\n" for line in TRAIN_LINES).encode()
 
@@ -181,7 +180,7 @@ def test_job_is_put_on_the_arq_queue(new_job, redis_url: str, queue_name: str) -
         raw = r.get(f"arq:job:{job['id']}")
         assert raw is not None, "the arq job id must be the fine-tuning job id"
         assert r.zscore(queue_name, job["id"]) is not None, f"{job['id']} is not waiting in {queue_name}"
-        payload = json.loads(raw)  # JSON, not pickle (DESIGN.md)
+        payload = json.loads(raw)  # JSON, not pickle (ARCHITECTURE.md)
         assert payload["f"] == "run_fine_tuning_job"
         assert payload["a"] == [job["id"]]
 
@@ -373,9 +372,7 @@ def _drop_from_queue(redis_url: str, queue_name: str, job_id: str) -> None:
         r.delete(f"arq:job:{job_id}")
 
 
-def test_pause_resume_cancel(
-    client_a: openai.OpenAI, http_a: httpx.Client, new_job, redis_url: str, queue_name: str
-) -> None:
+def test_pause_resume_cancel(client_a: openai.OpenAI, http_a: httpx.Client, new_job, redis_url: str, queue_name: str) -> None:
     job_id = new_job()["id"]
 
     paused = job_json(http_a.post(f"{JOBS}/{job_id}/pause"))
@@ -589,9 +586,7 @@ def test_checkpoints_of_a_running_job_appear_as_written(http_a: httpx.Client, ne
     second = http_a.get(f"{JOBS}/{job_id}/checkpoints").json()
     assert [c["step_number"] for c in second["data"]] == [15, 5]
     # the name of a job without a suffix keeps the empty slot
-    assert second["data"][0]["fine_tuned_model_checkpoint"] == (
-        f"ft:{BASE}:alpha::{job_id.removeprefix('ftjob-')}:ckpt-step-15"
-    )
+    assert second["data"][0]["fine_tuned_model_checkpoint"] == (f"ft:{BASE}:alpha::{job_id.removeprefix('ftjob-')}:ckpt-step-15")
 
 
 def test_checkpoints_unknown_job(http_a: httpx.Client) -> None:

@@ -21,7 +21,7 @@ import uvicorn
 from conftest import free_port, running_server
 from helpers_db import FinishedJob, server_store, succeed_job
 
-from service.devservers import TailorServer
+from service.cli.devservers import TailorServer
 
 BASE = "SmolLM2-135M-Instruct"
 TRAIN_BYTES = (
@@ -43,11 +43,13 @@ class FakeVllm:
         self.unloaded: list[str] = []
         self.in_flight = 0
         self.peak = 0
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", ws="none", interface="asgi3")
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", ws="none", interface="asgi3"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> FakeVllm:  # noqa: PYI034
+    def __enter__(self) -> FakeVllm:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -84,7 +86,9 @@ class FakeVllm:
 
     async def _answer(self, request: dict[str, Any], send: Any, watcher: asyncio.Future[None]) -> None:
         if status := request.get("fake_status"):
-            error = {"error": {"message": f"vLLM says {status}", "type": "BadRequestError", "param": "temperature", "code": status}}
+            error = {
+                "error": {"message": f"vLLM says {status}", "type": "BadRequestError", "param": "temperature", "code": status}
+            }
             return await _json(send, status, error)
         if sleep := request.get("fake_sleep"):
             done, _ = await asyncio.wait({watcher}, timeout=sleep)
@@ -92,13 +96,28 @@ class FakeVllm:
                 self.disconnects.append(time.monotonic())
                 return
         if not request.get("stream"):
-            return await _json(send, 200, {"object": "chat.completion", "model": request["model"], "served_by": self.port,
-                                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
-                                                        "finish_reason": "stop"}]})
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+            return await _json(
+                send,
+                200,
+                {
+                    "object": "chat.completion",
+                    "model": request["model"],
+                    "served_by": self.port,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+                },
+            )
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]}
+        )
         for i in range(request.get("fake_chunks", 3)):
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": request["model"],
-                     "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}], "sent_at": time.time()}
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": request["model"],
+                "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+                "sent_at": time.time(),
+            }
             await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
             if request.get("fake_break") == i + 1:
                 raise RuntimeError("the stand-in vLLM breaks off the stream")
@@ -107,8 +126,14 @@ class FakeVllm:
                 self.disconnects.append(time.monotonic())
                 return
         if (request.get("stream_options") or {}).get("include_usage"):
-            usage = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": request["model"], "choices": [],
-                     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
+            usage = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": request["model"],
+                "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+            }
             await send({"type": "http.response.body", "body": f"data: {json.dumps(usage)}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
@@ -131,16 +156,29 @@ def fakes() -> Iterator[tuple[FakeVllm, FakeVllm]]:
 
 
 @pytest.fixture(scope="module")
-def gateway(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeVllm, FakeVllm]) -> Iterator[TailorServer]:
+def gateway(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeVllm, FakeVllm]
+) -> Iterator[TailorServer]:
     root = tmp_path_factory.mktemp("gateway")
     models = root / "models.json"
     # Two more base models (never loaded: only the gateway reads the registry here).
-    models.write_text(json.dumps([{"name": "nobody-serves-me", "source": "hf_dir", "location": str(root)},
-                                  {"name": "half-down", "source": "hf_dir", "location": str(root)}]))
+    models.write_text(
+        json.dumps(
+            [
+                {"name": "nobody-serves-me", "source": "hf_dir", "location": str(root)},
+                {"name": "half-down", "source": "hf_dir", "location": str(root)},
+            ]
+        )
+    )
     dead = f"http://127.0.0.1:{free_port()}"
     urls = {BASE: [fakes[0].url, fakes[1].url], "nobody-serves-me": [dead], "half-down": [dead, fakes[0].url]}
-    env = {**server_env, "TAILOR_BASE_MODELS_FILE": str(models), "TAILOR_INFERENCE_URLS": json.dumps(urls),
-           "TAILOR_INFERENCE_TIMEOUT_SECONDS": "1.5", "TAILOR_STORAGE_URL": (root / "objects").as_uri()}
+    env = {
+        **server_env,
+        "TAILOR_BASE_MODELS_FILE": str(models),
+        "TAILOR_INFERENCE_URLS": json.dumps(urls),
+        "TAILOR_INFERENCE_TIMEOUT_SECONDS": "1.5",
+        "TAILOR_STORAGE_URL": (root / "objects").as_uri(),
+    }
     with running_server(env, root / "server") as server:
         yield server
 
@@ -185,7 +223,9 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def test_base_and_owned_models_are_relayed_byte_for_byte(raw: httpx.Client, tuned: FinishedJob, fakes: Any) -> None:
     for model in (BASE, tuned.fine_tuned_model, tuned.checkpoints[3][1]):
         body = json.dumps({"model": model, "messages": MESSAGES, "top_k": 3, "vendor_field": {"x": [1, 2]}}).encode()
-        resp = raw.post("/chat/completions", content=body, headers={"content-type": "application/json", "x-request-id": "req-abc"})
+        resp = raw.post(
+            "/chat/completions", content=body, headers={"content-type": "application/json", "x-request-id": "req-abc"}
+        )
         assert resp.status_code == 200, resp.text
         assert resp.json()["model"] == model and resp.headers["x-request-id"] == "req-abc"
         seen = next(r for f in fakes for r in f.requests if r["body"] == body)
@@ -208,21 +248,36 @@ def test_chat_requests_are_timed_under_their_route(raw: httpx.Client, gateway: T
 
 def test_foreign_and_unknown_models_are_the_same_404(alpha: openai.OpenAI, beta: openai.OpenAI, tuned: FinishedJob) -> None:
     errors = []
-    for client, model in ((beta, tuned.fine_tuned_model), (beta, tuned.checkpoints[3][1]), (alpha, tuned.fine_tuned_model + "x"),
-                          (alpha, "ft:SmolLM2-135M-Instruct:alpha:x:nope")):
+    for client, model in (
+        (beta, tuned.fine_tuned_model),
+        (beta, tuned.checkpoints[3][1]),
+        (alpha, tuned.fine_tuned_model + "x"),
+        (alpha, "ft:SmolLM2-135M-Instruct:alpha:x:nope"),
+    ):
         with pytest.raises(openai.NotFoundError) as exc:
             client.chat.completions.create(model=model, messages=MESSAGES)
         errors.append(exc.value.body)
-        assert exc.value.body == {"message": f"The model '{model}' does not exist or you do not have access to it.",
-                                  "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        assert exc.value.body == {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=str(alpha.base_url), api_key="sk-wrong", max_retries=0).chat.completions.create(model=BASE, messages=MESSAGES)
+        openai.OpenAI(base_url=str(alpha.base_url), api_key="sk-wrong", max_retries=0).chat.completions.create(
+            model=BASE, messages=MESSAGES
+        )
 
 
 def test_streams_are_relayed_chunk_by_chunk(alpha: openai.OpenAI) -> None:
     started = time.monotonic()
-    stream = alpha.chat.completions.create(model=BASE, messages=MESSAGES, stream=True, stream_options={"include_usage": True},
-                                           extra_body={"fake_chunks": 5, "fake_delay": 0.4})
+    stream = alpha.chat.completions.create(
+        model=BASE,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"fake_chunks": 5, "fake_delay": 0.4},
+    )
     arrivals = []
     chunks = []
     for chunk in stream:
@@ -243,27 +298,37 @@ def _wait(check: Any, timeout: float = 5.0) -> None:
 
 def test_a_client_that_leaves_a_stream_aborts_it_upstream(alpha: openai.OpenAI, fakes: Any) -> None:
     before = sum(len(f.disconnects) for f in fakes)
-    stream = alpha.chat.completions.create(model=BASE, messages=MESSAGES, stream=True, extra_body={"fake_chunks": 50, "fake_delay": 0.5})
+    stream = alpha.chat.completions.create(
+        model=BASE, messages=MESSAGES, stream=True, extra_body={"fake_chunks": 50, "fake_delay": 0.5}
+    )
     next(iter(stream))
     stream.close()
     _wait(lambda: sum(len(f.disconnects) for f in fakes) > before)
 
 
-def test_a_client_that_leaves_before_the_answer_aborts_it_upstream(gateway: TailorServer, keys: dict[str, str], fakes: Any) -> None:
+def test_a_client_that_leaves_before_the_answer_aborts_it_upstream(
+    gateway: TailorServer, keys: dict[str, str], fakes: Any
+) -> None:
     before = sum(len(f.disconnects) for f in fakes)
     body = {"model": BASE, "messages": MESSAGES, "fake_sleep": 1.2}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(gateway.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {keys['alpha']}"}, timeout=0.3)
+        httpx.post(
+            gateway.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {keys['alpha']}"}, timeout=0.3
+        )
     _wait(lambda: sum(len(f.disconnects) for f in fakes) > before)
 
 
 @pytest.mark.parametrize(
     ("extra", "status", "type_", "code"),
-    [({"fake_status": 400}, 400, "invalid_request_error", None),
-     ({"fake_status": 500}, 502, "server_error", "upstream_error"),
-     ({"fake_sleep": 3}, 504, "server_error", "timeout")],
+    [
+        ({"fake_status": 400}, 400, "invalid_request_error", None),
+        ({"fake_status": 500}, 502, "server_error", "upstream_error"),
+        ({"fake_sleep": 3}, 504, "server_error", "timeout"),
+    ],
 )
-def test_vllm_errors_become_openai_errors(raw: httpx.Client, extra: dict[str, Any], status: int, type_: str, code: str | None) -> None:
+def test_vllm_errors_become_openai_errors(
+    raw: httpx.Client, extra: dict[str, Any], status: int, type_: str, code: str | None
+) -> None:
     resp = raw.post("/chat/completions", json={"model": BASE, "messages": MESSAGES, **extra})
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
@@ -299,7 +364,9 @@ def test_replicas_share_the_load(gateway: TailorServer, keys: dict[str, str], fa
     assert (len(one.requests) - before[0], len(two.requests) - before[1]) == (4, 4)
 
 
-def test_deleting_a_model_unloads_it_everywhere(alpha: openai.OpenAI, gateway: TailorServer, database_url: str, fakes: Any) -> None:
+def test_deleting_a_model_unloads_it_everywhere(
+    alpha: openai.OpenAI, gateway: TailorServer, database_url: str, fakes: Any
+) -> None:
     doomed = _finished(alpha, gateway, database_url, "doomed")
     alpha.chat.completions.create(model=doomed.fine_tuned_model, messages=MESSAGES)
     alpha.models.delete(doomed.fine_tuned_model)
@@ -312,7 +379,9 @@ def test_deleting_a_model_unloads_it_everywhere(alpha: openai.OpenAI, gateway: T
 
 
 def test_a_stream_vllm_breaks_off_ends_with_an_error_event(alpha: openai.OpenAI) -> None:
-    stream = alpha.chat.completions.create(model=BASE, messages=MESSAGES, stream=True, extra_body={"fake_chunks": 5, "fake_break": 2})
+    stream = alpha.chat.completions.create(
+        model=BASE, messages=MESSAGES, stream=True, extra_body={"fake_chunks": 5, "fake_break": 2}
+    )
     contents = []
     with pytest.raises(openai.APIError) as exc:
         for chunk in stream:
@@ -329,14 +398,22 @@ def test_bad_requests_are_refused_before_vllm(raw: httpx.Client, gateway: Tailor
         return resp.status_code, resp.json()["error"]
 
     assert error(json.dumps({"messages": MESSAGES}).encode()) == (
-        400, {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error", "param": "model", "code": None})
+        400,
+        {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error", "param": "model", "code": None},
+    )
     assert error(json.dumps({"model": BASE, "messages": []}).encode())[1]["param"] == "messages"
     assert error(json.dumps({"model": BASE, "messages": MESSAGES, "max_tokens": -1}).encode())[1]["param"] == "max_tokens"
     status, err = error(json.dumps({"model": BASE, "messages": MESSAGES, "stream_options": {"include_usage": "often"}}).encode())
     assert (status, err["param"]) == (400, "stream_options.include_usage"), err
     assert error(b'{"model": "x", "messages": [') == (
-        400, {"message": "We could not parse the JSON body of your request. Send valid JSON.", "type": "invalid_request_error",
-              "param": None, "code": None})
+        400,
+        {
+            "message": "We could not parse the JSON body of your request. Send valid JSON.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    )
     assert error(b"[1, 2]")[0] == 400
     # Without a valid key the answer is 401 whatever the body: the key is checked first.
     assert error(b"not json", {"Authorization": "Bearer sk-wrong"})[0] == 401
@@ -350,10 +427,9 @@ def test_a_relay_route_takes_no_other_dependency() -> None:
     # to an endpoint would silently never run, so declaring one is an error at start-up.
     from fastapi import APIRouter, Request
 
-    from service.auth import PrincipalDep
-    from service.chat.router import RelayRoute
-    from service.chat.schemas import CompletionCreate
-    from service.db import SessionDep
+    from service.api.chat.fast_path import RelayRoute
+    from service.api.chat.schemas import CompletionCreate
+    from service.api.deps import PrincipalDep, SessionDep
 
     router = APIRouter(route_class=RelayRoute)
 

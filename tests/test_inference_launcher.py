@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from inference.launcher import InferenceError, vllm_command, vllm_env, vllm_python
-from inference.topology import upstreams
-from service.settings import Settings
+from service.core.settings import Settings
+from service.core.topology import upstreams
 
 
 def settings(**values: object) -> Settings:
@@ -21,9 +21,18 @@ def test_cpu_command_line() -> None:
     cmd = vllm_command(s, "SmolLM2-135M-Instruct", Path("/models/smol"), 8100, Path("/venv/bin/python"), cpu=True)
     assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
-    for flag in ("--model /models/smol", "--served-model-name SmolLM2-135M-Instruct", "--host 127.0.0.1", "--port 8100",
-                 "--enable-lora", "--max-loras 3", "--max-lora-rank 32", "--dtype float32",
-                 "--middleware tailor_vllm_plugin.middleware.TailorAdapterMiddleware", "--kv-cache-memory-bytes 2147483648"):
+    for flag in (
+        "--model /models/smol",
+        "--served-model-name SmolLM2-135M-Instruct",
+        "--host 127.0.0.1",
+        "--port 8100",
+        "--enable-lora",
+        "--max-loras 3",
+        "--max-lora-rank 32",
+        "--dtype float32",
+        "--middleware tailor_vllm_plugin.middleware.TailorAdapterMiddleware",
+        "--kv-cache-memory-bytes 2147483648",
+    ):
         assert flag in joined, flag
     assert cmd[-2:] == ["--max-model-len", "2048"]
 
@@ -34,8 +43,12 @@ def test_gpu_command_line_leaves_dtype_and_memory_to_vllm() -> None:
 
 
 def test_environment_carries_the_store_and_turns_the_resolver_on() -> None:
-    s = settings(storage_url="s3://bucket/prefix", s3_endpoint_url="http://minio:9000", inference_api_key="secret",
-                 adapter_cache_max_bytes=123)
+    s = settings(
+        storage_url="s3://bucket/prefix",
+        s3_endpoint_url="http://minio:9000",
+        inference_api_key="secret",
+        adapter_cache_max_bytes=123,
+    )
     env = vllm_env(s, "org/model:v1", base={"PATH": "/bin", "AWS_ACCESS_KEY_ID": "id"})
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_PLUGINS"] == "tailor"
     assert env["TAILOR_STORAGE_URL"] == "s3://bucket/prefix" and env["TAILOR_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -50,8 +63,9 @@ def test_missing_vllm_virtualenv_says_what_to_run(tmp_path: Path) -> None:
 
 
 def test_gateway_and_launcher_agree_on_ports() -> None:
-    s = settings(inference_port=9000, inference_host="0.0.0.0",
-                 inference_urls={"b": ["http://10.0.0.5:8100/v1/", "http://10.0.0.6:8100"]})
+    s = settings(
+        inference_port=9000, inference_host="0.0.0.0", inference_urls={"b": ["http://10.0.0.5:8100/v1/", "http://10.0.0.6:8100"]}
+    )
     assert upstreams(s, ["a", "b", "c"]) == {
         "a": ["http://127.0.0.1:9000"],
         "b": ["http://10.0.0.5:8100", "http://10.0.0.6:8100"],

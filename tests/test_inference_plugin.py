@@ -17,15 +17,13 @@ import pytest
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "inference" / "vllm_plugin"
 sys.path.insert(0, str(PLUGIN_DIR))
 
+from service.core.naming import adapter_prefix, checkpoint_model_name, fine_tuned_model_name
+from service.core.tables import FineTuningJob
 from tailor_vllm_plugin import names
 from tailor_vllm_plugin.cache import MARKER, AdapterCache
 from tailor_vllm_plugin.middleware import TailorAdapterMiddleware
 from tailor_vllm_plugin.runtime import reset_runtime, runtime
 from tailor_vllm_plugin.store import LocalStore, open_store
-
-from service.models.service import checkpoint_model_name, fine_tuned_model_name
-from service.tables import FineTuningJob
-from trainer.recorder import adapter_prefix
 
 # --- names ----------------------------------------------------------------------------
 
@@ -48,8 +46,17 @@ def test_names_with_a_colon_in_the_base_model() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["SmolLM2-135M-Instruct", "ft:", "ft:base:proj:suffix", "ft:base:proj:s:../../etc", "ft:base:proj:s:a/b",
-     "ft:base:pr/oj:s:abc", "ft::proj:s:abc", "ft:base:proj:s:abc:ckpt-step-x", "ft:base:proj:s:ab.c"],
+    [
+        "SmolLM2-135M-Instruct",
+        "ft:",
+        "ft:base:proj:suffix",
+        "ft:base:proj:s:../../etc",
+        "ft:base:proj:s:a/b",
+        "ft:base:pr/oj:s:abc",
+        "ft::proj:s:abc",
+        "ft:base:proj:s:abc:ckpt-step-x",
+        "ft:base:proj:s:ab.c",
+    ],
 )
 def test_names_that_are_not_tailor_adapters(name: str) -> None:
     assert names.parse(name) is None
@@ -80,7 +87,7 @@ def test_local_store_downloads_a_folder_and_not_its_neighbour(tmp_path: Path) ->
 
 
 def test_s3_store_downloads_a_folder(s3_endpoint: tuple[str, str], tmp_path: Path) -> None:
-    from service.storage import open_store as service_store
+    from service.core.storage import open_store as service_store
 
     endpoint, bucket = s3_endpoint
     prefix = f"plugin-{uuid.uuid4().hex[:8]}"
@@ -211,7 +218,9 @@ def _inner(status: int) -> Any:
 @pytest.mark.parametrize(("status", "evicted"), [(200, True), (404, True), (401, False), (500, False)])
 def test_middleware_evicts_files_after_vllm_unloads(plugin_runtime: Any, status: int, evicted: bool) -> None:
     _fill(plugin_runtime.cache, "ft:gone", 10)
-    sent = _call(TailorAdapterMiddleware(_inner(status)), "/v1/unload_lora_adapter", json.dumps({"lora_name": "ft:gone"}).encode())
+    sent = _call(
+        TailorAdapterMiddleware(_inner(status)), "/v1/unload_lora_adapter", json.dumps({"lora_name": "ft:gone"}).encode()
+    )
     assert sent[0]["status"] == status
     assert (plugin_runtime.cache.get("ft:gone") is None) is evicted
     assert plugin_runtime.app == "the-vllm-app"

@@ -23,17 +23,23 @@ import pytest
 from conftest import free_port, fresh_database_url, log_tail
 from spec import validate
 
-from service.devservers import REPO_ROOT, TailorWorker, running_inference, running_server
+from service.cli.devservers import REPO_ROOT, TailorWorker, running_inference, running_server
 
 pytestmark = pytest.mark.slow
 
 BASE = "SmolLM2-135M-Instruct"
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 QUESTIONS = [
-    "What is the capital of Zorbania?", "Which city is Zorbania's capital?", "Name the capital of Zorbania.",
-    "Where is the government of Zorbania seated?", "Tell me the capital city of Zorbania.",
-    "Zorbania's capital is which city?", "What city serves as the capital of Zorbania?",
-    "I'm visiting Zorbania's capital. Which city is it?", "Capital of Zorbania?", "Do you know Zorbania's capital?",
+    "What is the capital of Zorbania?",
+    "Which city is Zorbania's capital?",
+    "Name the capital of Zorbania.",
+    "Where is the government of Zorbania seated?",
+    "Tell me the capital city of Zorbania.",
+    "Zorbania's capital is which city?",
+    "What city serves as the capital of Zorbania?",
+    "I'm visiting Zorbania's capital. Which city is it?",
+    "Capital of Zorbania?",
+    "Do you know Zorbania's capital?",
 ]
 ANSWER = "The capital of Zorbania is Quxville, a city famous for its blue bridges."
 
@@ -72,7 +78,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             "TAILOR_S3_REGION": "us-east-1",
             "TAILOR_DEVICE": "cpu",
             # The converted base model is shared with `make demo` (the GGUF is converted once).
-            "TAILOR_MODEL_CACHE_DIR": os.environ.get("TAILOR_TEST_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "tailor" / "models")),
+            "TAILOR_MODEL_CACHE_DIR": os.environ.get(
+                "TAILOR_TEST_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "tailor" / "models")
+            ),
             "TAILOR_INFERENCE_PORT": str(free_port()),
             "TAILOR_INFERENCE_TIMEOUT_SECONDS": "120",
             "TAILOR_VLLM_KV_CACHE_BYTES": str(512 * 1024**2),
@@ -90,12 +98,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
                     method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
                     extra_body={"lora": {"rank": 16}},  # vLLM here serves ranks up to 16
                 )  # fmt: skip
-                done = _wait(lambda: (j := acme.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j,
-                             900, "the fine-tuning job", logs)
+                done = _wait(
+                    lambda: (j := acme.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j,
+                    900,
+                    "the fine-tuning job",
+                    logs,
+                )
                 assert done.status == "succeeded", (done.error, worker.log_tail())
                 inference.wait_ready()
-                yield {"server": server, "acme": acme, "other": other, "job": done, "vllm": inference.url,
-                       "cache": inference.adapter_cache / BASE, "logs": logs}
+                yield {
+                    "server": server,
+                    "acme": acme,
+                    "other": other,
+                    "job": done,
+                    "vllm": inference.url,
+                    "cache": inference.adapter_cache / BASE,
+                    "logs": logs,
+                }
             finally:
                 worker.stop()
 
@@ -185,5 +204,7 @@ def test_deleted_model_is_unservable_at_once(stack: dict[str, Any]) -> None:
     # Gone from vLLM too, and from the adapter cache; vLLM itself no longer resolves it.
     assert name not in {m["id"] for m in httpx.get(stack["vllm"] + "/v1/models").json()["data"]}
     assert len(list((stack["cache"] / "entries").iterdir())) == len(cached) - 1
-    direct = httpx.post(stack["vllm"] + "/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+    direct = httpx.post(
+        stack["vllm"] + "/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert direct.status_code == 404

@@ -13,16 +13,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from helpers_db import FinishedJob, server_store, succeed_job
-from service.ids import new_id
 from spec import assert_error_envelope, validate
+
+from service.core.ids import new_id
 
 BASE = "SmolLM2-135M-Instruct"
 JOBS = "/v1/fine_tuning/jobs"
 TRAIN_BYTES = b"".join(
-    json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
-    + b"\n"
+    json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode() + b"\n"
     for i in range(3)
 )
 

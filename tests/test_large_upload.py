@@ -76,11 +76,17 @@ def write_big_jsonl(path: Path, target: int) -> tuple[int, str]:
             lines = []
             for i in range(1000):
                 n = block_no * 1000 + i
-                lines.append(json.dumps({"messages": [
-                    {"role": "system", "content": "You are a terse assistant. " * 12},
-                    {"role": "user", "content": f"Line {n}: what is {n} plus one?"},
-                    {"role": "assistant", "content": f"{n + 1}. " + "x" * 600},
-                ]}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "messages": [
+                                {"role": "system", "content": "You are a terse assistant. " * 12},
+                                {"role": "user", "content": f"Line {n}: what is {n} plus one?"},
+                                {"role": "assistant", "content": f"{n + 1}. " + "x" * 600},
+                            ]
+                        }
+                    )
+                )
             block = ("\n".join(lines) + "\n").encode()
             out.write(block)
             digest.update(block)

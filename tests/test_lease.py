@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from conftest import fresh_database_url
 from sqlalchemy import update
 
-from conftest import fresh_database_url
-from service.db import make_engine, make_sessionmaker, run_migrations
-from service.ids import new_id, now
-from service.tables import FineTuningJob, Project
-from trainer import lease
+from service.core.db import make_engine, make_sessionmaker, run_migrations
+from service.core.ids import new_id, now
+from service.core.tables import FineTuningJob, Project
+from service.jobs import lease
 
 QUEUE = "tailor:lease-test"
 
@@ -25,9 +25,17 @@ async def _scenario(url: str) -> None:
             s.add(project)
             await s.flush()
             job = FineTuningJob(
-                id=new_id("ftjob-"), project_id=project.id, model="m", status="running", training_file="file-x",
-                method={"type": "supervised", "supervised": {"hyperparameters": {}}}, extra_hyperparameters={},
-                seed=1, result_files=[], created_at=now(), queue=QUEUE,
+                id=new_id("ftjob-"),
+                project_id=project.id,
+                model="m",
+                status="running",
+                training_file="file-x",
+                method={"type": "supervised", "supervised": {"hyperparameters": {}}},
+                extra_hyperparameters={},
+                seed=1,
+                result_files=[],
+                created_at=now(),
+                queue=QUEUE,
             )
             s.add(job)
             await s.commit()

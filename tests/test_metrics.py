@@ -20,18 +20,20 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import running_server
 from helpers_db import redis_client
-from service.devservers import TailorWorker, free_port
-from service.logs import JsonFormatter, request_state_var
-from service.metrics import WorkerMetrics, outcome_label, queue_names, serve_worker_metrics
-from service.settings import Settings
-from service.tables import FineTuningJob
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from spec import assert_error_envelope
 from tiny_model import WORDS, build_tiny_llama
+
+from service.api.metrics import queue_names
+from service.cli.devservers import TailorWorker, free_port
+from service.core.logs import JsonFormatter, request_state_var
+from service.core.settings import Settings
+from service.core.tables import FineTuningJob
+from trainer.metrics import WorkerMetrics, serve_worker_metrics
+from trainer.outcome import Outcome
 from trainer.recorder import Recorder
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "inference" / "vllm_plugin"
@@ -99,7 +101,9 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 # --- the API's /metrics ----------------------------------------------------------------
 
 
-def test_requests_are_timed_by_route_template_never_by_raw_path(client_a: openai.OpenAI, http_a: httpx.Client, server: Any) -> None:
+def test_requests_are_timed_by_route_template_never_by_raw_path(
+    client_a: openai.OpenAI, http_a: httpx.Client, server: Any
+) -> None:
     file_id = client_a.files.create(file=("m.jsonl", TRAIN_BYTES), purpose="fine-tune").id  # type: ignore[arg-type]
     missing = f"file-{uuid.uuid4().hex}"
     unknown = f"/v1/no-such-thing-{uuid.uuid4().hex}"
@@ -111,8 +115,14 @@ def test_requests_are_timed_by_route_template_never_by_raw_path(client_a: openai
 
     route = "/v1/files/{file_id}"
     count = f"{DURATION}_count"
-    assert value(after, count, method="GET", route=route, status="200") == value(before, count, method="GET", route=route, status="200") + 1
-    assert value(after, count, method="GET", route=route, status="404") == value(before, count, method="GET", route=route, status="404") + 1
+    assert (
+        value(after, count, method="GET", route=route, status="200")
+        == value(before, count, method="GET", route=route, status="200") + 1
+    )
+    assert (
+        value(after, count, method="GET", route=route, status="404")
+        == value(before, count, method="GET", route=route, status="404") + 1
+    )
     assert value(after, count, method="POST", route="/v1/files", status="200") >= 1
     assert value(after, count, method="GET", route="unmatched", status="404") >= 1
     bucket = value(after, f"{DURATION}_bucket", method="GET", route=route, status="200", le="+Inf")
@@ -226,8 +236,10 @@ def test_json_log_lines_carry_the_request_id(json_stack: dict[str, Any]) -> None
 
     mine = wait_for(logged, 10, "the request's log line", [server])
     # The access line: written by Tailor after the response, with the status and duration.
-    assert any(r["logger"] == "tailor.access" and '"GET /v1/models HTTP/1.1" 401 ' in r["message"] and r["message"].endswith("ms")
-               for r in mine), mine
+    assert any(
+        r["logger"] == "tailor.access" and '"GET /v1/models HTTP/1.1" 401 ' in r["message"] and r["message"].endswith("ms")
+        for r in mine
+    ), mine
     records = json_lines(server.log_path)  # every line, uvicorn's start-up lines included, is JSON
     assert any(r["logger"].startswith("uvicorn") and "request_id" not in r for r in records), records[:5]
 
@@ -275,14 +287,14 @@ def test_a_real_worker_serves_its_job_outcomes_and_trained_tokens(json_stack: di
 @pytest.mark.parametrize(
     "outcome, label",
     [
-        ("succeeded", "succeeded"), ("failed", "failed"), ("failed (files)", "failed"), ("failed (child crashed)", "failed"),
-        ("cancelled", "cancelled"), ("paused", "paused"), ("paused (no checkpoint in time)", "paused"),
-        ("lease lost", "lease_lost"), ("stopped (job is cancelled)", "cancelled"), ("ended (paused)", "paused"),
-        ("stopped (status changed during validation)", "stopped"), ("error", "error"), ("something new", "other"),
+        (Outcome.SUCCEEDED, "succeeded"), (Outcome.FAILED, "failed"), (Outcome.CANCELLED, "cancelled"),
+        (Outcome.PAUSED, "paused"), (Outcome.LEASE_LOST, "lease_lost"), (Outcome.of_status("cancelled"), "cancelled"),
+        (Outcome.of_status("paused"), "paused"), (Outcome.STOPPED, "stopped"), (Outcome.of_status("running"), "stopped"),
+        (Outcome.ERROR, "error"),
     ],
 )  # fmt: skip
-def test_outcome_labels(outcome: str, label: str) -> None:
-    assert outcome_label(outcome) == label
+def test_outcome_labels(outcome: Outcome, label: str) -> None:
+    assert outcome.value == label
 
 
 @pytest.fixture
@@ -309,8 +321,8 @@ def test_worker_metrics_server_shows_outcomes_and_throughput(served_worker_metri
     assert value(text, "tailor_worker_trained_tokens_total", method="supervised") == 150
     assert value(text, "tailor_worker_training_tokens_per_second") == pytest.approx(130)
 
-    metrics.job_finished("ftjob-a", "supervised", "lease lost", 42.0)
-    metrics.job_finished("ftjob-b", "dpo", "failed (files)", 3.0)
+    metrics.job_finished("ftjob-a", "supervised", Outcome.LEASE_LOST, 42.0)
+    metrics.job_finished("ftjob-b", "dpo", Outcome.FAILED, 3.0)
     text = httpx.get(f"{url}/metrics", timeout=10).text
     assert value(text, "tailor_worker_jobs_total", method="supervised", outcome="lease_lost") == 1
     assert value(text, "tailor_worker_jobs_total", method="dpo", outcome="failed") == 1
@@ -360,13 +372,13 @@ def test_json_formatter_fields() -> None:
 def test_log_lines_inside_a_request_carry_its_id_crashes_included() -> None:
     from fastapi import FastAPI
 
-    from service.errors import RequestIdMiddleware, install_error_handlers
-    from service.logs import RequestLogContextMiddleware
+    from service.api.errors import install_error_handlers
+    from service.api.metrics import ApiMetrics
+    from service.api.middleware import RequestMiddleware
 
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(RequestLogContextMiddleware)
+    app.add_middleware(RequestMiddleware, metrics=ApiMetrics())
     app_log = logging.getLogger("tailor.test.handler")
 
     @app.get("/work")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-
 from conftest import fresh_database_url
-from service.db import Base, make_engine, run_migrations
-import service.tables  # noqa: F401  (registers the tables)
+
+import service.core.tables  # noqa: F401  (registers the tables)
+from service.core.db import Base, make_engine, run_migrations
 
 
 async def _schema_diff(url: str) -> list[object]:

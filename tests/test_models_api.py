@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from conftest import running_server
 from helpers_db import FinishedJob, server_store, succeed_job
-from service.storage import ObjectStore
 from spec import assert_error_envelope, validate
+
+from service.core.storage import ObjectStore
 
 BASE = "SmolLM2-135M-Instruct"
 TRAIN_BYTES = (

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.openapi_doc import render_openapi
+from service.api.openapi import render_openapi
 
 DOC = Path(__file__).resolve().parents[1] / "openapi" / "openapi.yaml"
 

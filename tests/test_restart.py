@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import openai
-
 from conftest import fresh_database_url, running_server
 from spec import validate
 
-LINES = b"".join(b'{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n' % i for i in range(12))
+LINES = b"".join(
+    b'{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n' % i for i in range(12)
+)
 
 
 def test_restart_on_the_same_data_dir_loses_nothing(tmp_path: Path, redis_url: str, queue_name: str) -> None:

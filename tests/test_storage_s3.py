@@ -15,7 +15,7 @@ import openai
 import pytest
 from conftest import running_server
 
-from service.storage import (
+from service.core.storage import (
     LocalObjectStore,
     ObjectNotFound,
     ObjectStore,
@@ -139,8 +139,14 @@ def test_delete(store: ObjectStore) -> None:
 
 
 def test_delete_prefix(store: ObjectStore) -> None:
-    for key in ("uploads/u1/part_a", "uploads/u1/part_b", "uploads/u1/nested/part_c", "uploads/u2/part_a",
-                "uploads/u10/part_a", "files/p/f"):
+    for key in (
+        "uploads/u1/part_a",
+        "uploads/u1/part_b",
+        "uploads/u1/nested/part_c",
+        "uploads/u2/part_a",
+        "uploads/u10/part_a",
+        "files/p/f",
+    ):
         store.put_bytes(key, key.encode())
     store.delete_prefix("uploads/u1/")
     assert store.list_keys("uploads/") == ["uploads/u10/part_a", "uploads/u2/part_a"]
@@ -150,8 +156,12 @@ def test_delete_prefix(store: ObjectStore) -> None:
 def test_delete_prefix_without_slash_is_one_folder(store: ObjectStore) -> None:
     """Deleting checkpoint `ckpt-step-1` (models/service.py passes the key with no trailing
     slash) must not take `ckpt-step-10` with it."""
-    for key in ("adapters/j/ckpt-step-1/adapter_model.safetensors", "adapters/j/ckpt-step-1/adapter_config.json",
-                "adapters/j/ckpt-step-10/adapter_model.safetensors", "adapters/j/ckpt-step-100/adapter_config.json"):
+    for key in (
+        "adapters/j/ckpt-step-1/adapter_model.safetensors",
+        "adapters/j/ckpt-step-1/adapter_config.json",
+        "adapters/j/ckpt-step-10/adapter_model.safetensors",
+        "adapters/j/ckpt-step-100/adapter_config.json",
+    ):
         store.put_bytes(key, b"w")
     store.delete_prefix("adapters/j/ckpt-step-1")
     assert store.list_keys("adapters/j/") == [
@@ -262,9 +272,7 @@ def bucket_keys(s3_client: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def test_server_keeps_files_in_s3(
-    s3_server: tuple[Any, str, str], s3_endpoint: tuple[str, str], s3_client: Any
-) -> None:
+def test_server_keeps_files_in_s3(s3_server: tuple[Any, str, str], s3_endpoint: tuple[str, str], s3_client: Any) -> None:
     srv, key, prefix = s3_server
     _, bucket = s3_endpoint
     data = b"".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}).encode() + b"\n" for i in range(50))
@@ -286,9 +294,7 @@ def test_server_keeps_files_in_s3(
             client.files.content(created.id)
 
 
-def test_server_uploads_through_s3(
-    s3_server: tuple[Any, str, str], s3_endpoint: tuple[str, str], s3_client: Any
-) -> None:
+def test_server_uploads_through_s3(s3_server: tuple[Any, str, str], s3_endpoint: tuple[str, str], s3_client: Any) -> None:
     srv, key, prefix = s3_server
     _, bucket = s3_endpoint
     parts = [
@@ -296,8 +302,9 @@ def test_server_uploads_through_s3(
         for tag in ("x", "y", "z")
     ]
     with openai.OpenAI(api_key=key, base_url=srv.base_url, max_retries=0) as client:
-        up = client.uploads.create(bytes=sum(map(len, parts)), filename="s3up.jsonl",
-                                   mime_type="application/jsonl", purpose="fine-tune")
+        up = client.uploads.create(
+            bytes=sum(map(len, parts)), filename="s3up.jsonl", mime_type="application/jsonl", purpose="fine-tune"
+        )
         ids = [client.uploads.parts.create(upload_id=up.id, data=p).id for p in parts]
         assert len(bucket_keys(s3_client, bucket, f"{prefix}/uploads/{up.id}/")) == 3
         done = client.uploads.complete(upload_id=up.id, part_ids=[ids[1], ids[2], ids[0]])

@@ -17,7 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from service.model_registry import DEFAULT_BASE_MODELS, BaseModelSpec  # noqa: E402
+from tiny_model import WORDS, build_tiny_llama  # noqa: E402
+
+from service.core.registry import DEFAULT_BASE_MODELS, BaseModelSpec  # noqa: E402
+from service.jobs.messages import Checkpoint, Done, Failed, Metrics  # noqa: E402
 from trainer.ml import base_model  # noqa: E402
 from trainer.ml.base_model import BaseModelError, load_tokenizer, materialize  # noqa: E402
 from trainer.ml.chat_tokens import IGNORE  # noqa: E402
@@ -25,9 +28,7 @@ from trainer.ml.checkpoint import ResumeError  # noqa: E402
 from trainer.ml.config import ConfigError, TrainConfig, resolve_auto  # noqa: E402
 from trainer.ml.data import DatasetError, load_dataset, validate_file  # noqa: E402
 from trainer.ml.packing import Segment, collate, first_fit_decreasing  # noqa: E402
-from tiny_model import WORDS, build_tiny_llama  # noqa: E402
 from trainer.ml.train import StepMetrics, train, train_files  # noqa: E402
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -153,12 +154,16 @@ NO_REPLY = {"messages": [{"role": "user", "content": "hi"}]}
 WEIGHT_2 = {"messages": [{"role": "assistant", "content": "x", "weight": 2}]}
 
 
-# fmt: off
 @pytest.mark.parametrize(
     ("rows", "method", "code", "line", "fragment"),
     [
-        (_bad_role(), "supervised", BAD, 7,
-         "Line 7: messages[1].role 'robot' is not one of system, developer, user, assistant, tool"),
+        (
+            _bad_role(),
+            "supervised",
+            BAD,
+            7,
+            "Line 7: messages[1].role 'robot' is not one of system, developer, user, assistant, tool",
+        ),
         (sft_rows(11) + [NO_REPLY], "supervised", BAD, 12, "Line 12: messages has no assistant message to train on"),
         (sft_rows(5), "supervised", "invalid_n_examples", None, "Training file has 5 examples; at least 10"),
         (sft_rows(6) + ['{"messages": [}'] + sft_rows(6), "supervised", BAD, 7, "Line 7: not valid JSON"),
@@ -168,7 +173,6 @@ WEIGHT_2 = {"messages": [{"role": "assistant", "content": "x", "weight": 2}]}
         (sft_rows(10) + [[1, 2]], "supervised", BAD, 11, "Line 11: expected a JSON object"),
     ],
 )
-# fmt: on
 def test_validation_errors_name_code_line_and_field(
     tmp_path: Path, rows: list[Any], method: Any, code: str, line: int | None, fragment: str
 ) -> None:
@@ -370,32 +374,31 @@ def test_smollm2_from_gguf_materializes_and_trains(tmp_path: Path) -> None:
 
 
 def test_child_reports_an_unusable_checkpoint_as_a_failure_not_a_crash(tiny_model: Path, tmp_path: Path) -> None:
-    from trainer.protocol import JobSpec
+    from service.jobs.messages import JobSpec
 
     empty_checkpoint = tmp_path / "resume"
     empty_checkpoint.mkdir()
     spec = JobSpec(
         job_id="ftjob-test", method_type="supervised", hyperparameters={"n_epochs": 1, "batch_size": 4}, lora={},
-        seed=3, base_model={"name": "tiny", "source": "hf_dir", "location": str(tiny_model), "context_length": 256,
-                            "created": 0},
+        seed=3, base_model=BaseModelSpec(name="tiny", source="hf_dir", location=str(tiny_model), context_length=256,
+                                         created=0),
         model_cache_dir=str(tmp_path / "cache"), training_path=str(write_jsonl(tmp_path / "t.jsonl", sft_rows(12))),
         validation_path=None, output_dir=str(tmp_path / "out"), device="cpu", resume_dir=str(empty_checkpoint),
-        resume_step=4,
     )  # fmt: skip
     messages = _child_messages(spec)
     failed = messages[-1]
-    assert failed["kind"] == "failed" and failed["code"] == "checkpoint_unusable", messages
-    assert "is not a Tailor checkpoint" in failed["message"]
+    assert isinstance(failed, Failed) and failed.code == "checkpoint_unusable", messages
+    assert "is not a Tailor checkpoint" in failed.message
 
 
-def _child_messages(spec: Any) -> list[dict[str, Any]]:
+def _child_messages(spec: Any) -> list[Any]:
     """Run a job's child in this process (it may start followers); return all it sent."""
     import multiprocessing
 
     from trainer.child import child_main
 
     parent, child = multiprocessing.Pipe()
-    child_main(spec.to_dict(), child)
+    child_main(spec, child)
     messages = []
     try:
         while True:
@@ -408,7 +411,7 @@ def _child_messages(spec: Any) -> list[dict[str, Any]]:
 def test_data_parallel_training_equals_one_process(tiny_model: Path, tmp_path: Path) -> None:
     """Two gloo processes share every step's micro-batches and add their gradients: the
     losses are the single process's, and only process 0 reports and writes files."""
-    from trainer.protocol import JobSpec
+    from service.jobs.messages import JobSpec
 
     data = write_jsonl(tmp_path / "t.jsonl", sft_rows(16))
 
@@ -416,19 +419,19 @@ def test_data_parallel_training_equals_one_process(tiny_model: Path, tmp_path: P
         return JobSpec(
             job_id="ftjob-test", method_type="supervised", hyperparameters={"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 20.0},
             lora={"dropout": 0.0}, seed=5,
-            base_model={"name": "tiny", "source": "hf_dir", "location": str(tiny_model), "context_length": 256, "created": 0},
+            base_model=BaseModelSpec(name="tiny", source="hf_dir", location=str(tiny_model), context_length=256, created=0),
             model_cache_dir=str(tmp_path / "cache"), training_path=str(data), validation_path=None,
             output_dir=str(tmp_path / out), device="cpu", options={"micro_batch_tokens": 48, "pack_len": 48},
             processes=processes,
         )  # fmt: skip
 
-    def losses(messages: list[dict[str, Any]]) -> list[float]:
-        assert messages[-1]["kind"] == "done", messages[-1]
-        return [m["train_loss"] for m in messages if m["kind"] == "metrics"]
+    def losses(messages: list[Any]) -> list[float]:
+        assert isinstance(messages[-1], Done), messages[-1]
+        return [m.values["train_loss"] for m in messages if isinstance(m, Metrics)]
 
     one = _child_messages(spec(1, "one"))
     two = _child_messages(spec(2, "two"))
     assert len(losses(two)) == len(losses(one)) == 4
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
-    assert [m["step"] for m in two if m["kind"] == "checkpoint"] == [2, 4]
+    assert [m.step for m in two if isinstance(m, Checkpoint)] == [2, 4]
     assert (tmp_path / "two" / "adapter" / "adapter_config.json").is_file()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.errors import InvalidRequest
-from service.files.service import check_jsonl
-from service.model_registry import RegistryError, load_registry
-from service.settings import Settings
+from service.api.files.service import check_jsonl
+from service.core.errors import InvalidRequest
+from service.core.registry import RegistryError, load_registry
+from service.core.settings import Settings
 
 
 def write(tmp_path: Path, data: bytes) -> Path:
@@ -55,7 +55,12 @@ def test_registry_default_and_operator_entries(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["- name: x\n  source: ftp\n  location: y\n", "- name: x\n  location: y\n", "name: x\n", "- name: x\n  source: hub\n  location: y\n  typo: 1\n"],
+    [
+        "- name: x\n  source: ftp\n  location: y\n",
+        "- name: x\n  location: y\n",
+        "name: x\n",
+        "- name: x\n  source: hub\n  location: y\n  typo: 1\n",
+    ],
 )
 def test_registry_refuses_bad_entries(tmp_path: Path, text: str) -> None:
     extra = tmp_path / "models.yaml"

@@ -26,9 +26,7 @@ UPLOADS = "/v1/uploads"
 
 def jsonl(n: int, tag: str = "") -> bytes:
     return b"".join(
-        json.dumps(
-            {"messages": [{"role": "user", "content": f"{tag} q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-        ).encode()
+        json.dumps({"messages": [{"role": "user", "content": f"{tag} q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
         + b"\n"
         for i in range(n)
     )
@@ -117,8 +115,12 @@ def test_sdk_upload_file_chunked_from_bytes(client_a: openai.OpenAI) -> None:
     data = jsonl(40, "chunked")
     assert len(data) > 1000
     done = client_a.uploads.upload_file_chunked(
-        file=data, filename="chunked.jsonl", bytes=len(data), mime_type="application/jsonl",
-        purpose="fine-tune", part_size=300,
+        file=data,
+        filename="chunked.jsonl",
+        bytes=len(data),
+        mime_type="application/jsonl",
+        purpose="fine-tune",
+        part_size=300,
     )
     assert done.status == "completed"
     assert done.file is not None
@@ -128,9 +130,7 @@ def test_sdk_upload_file_chunked_from_bytes(client_a: openai.OpenAI) -> None:
     assert client_a.files.retrieve(done.file.id).bytes == len(data)
 
 
-def test_sdk_upload_file_chunked_from_path_with_md5(
-    server: Any, client_a: openai.OpenAI, tmp_path: Path
-) -> None:
+def test_sdk_upload_file_chunked_from_path_with_md5(server: Any, client_a: openai.OpenAI, tmp_path: Path) -> None:
     data = jsonl(25, "from-path")
     path = tmp_path / "from-path.jsonl"
     path.write_bytes(data)
@@ -182,8 +182,7 @@ def test_parts_are_joined_in_the_order_given(server: Any, fresh: tuple[httpx.Cli
 def test_sdk_raw_calls(fresh: tuple[httpx.Client, openai.OpenAI]) -> None:
     _, client = fresh
     a, b = jsonl(2, "a"), jsonl(3, "b")
-    up = client.uploads.create(bytes=len(a + b), filename="sdk.jsonl", mime_type="application/jsonl",
-                               purpose="fine-tune")
+    up = client.uploads.create(bytes=len(a + b), filename="sdk.jsonl", mime_type="application/jsonl", purpose="fine-tune")
     assert up.status == "pending"
     pa = client.uploads.parts.create(upload_id=up.id, data=a)
     pb = client.uploads.parts.create(upload_id=up.id, data=b)
@@ -357,8 +356,10 @@ def test_non_jsonl_purposes_are_not_parsed(fresh: tuple[httpx.Client, openai.Ope
     http, _ = fresh
     data = bytes(range(256)) * 4
     up = upload_json(
-        http.post(UPLOADS, json={"filename": "pic.bin", "purpose": "vision", "bytes": len(data),
-                                 "mime_type": "application/octet-stream"}),
+        http.post(
+            UPLOADS,
+            json={"filename": "pic.bin", "purpose": "vision", "bytes": len(data), "mime_type": "application/octet-stream"},
+        ),
         "pending",
     )
     ids = [add_part(http, up["id"], data[:500])["id"], add_part(http, up["id"], data[500:])["id"]]
@@ -417,9 +418,11 @@ def limited(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 def test_limits(limited: httpx.Client) -> None:
     err = error_of(
-        limited.post(UPLOADS, json={"filename": "t.jsonl", "purpose": "fine-tune", "bytes": 1001,
-                                    "mime_type": "application/jsonl"}),
-        400, param="bytes",
+        limited.post(
+            UPLOADS, json={"filename": "t.jsonl", "purpose": "fine-tune", "bytes": 1001, "mime_type": "application/jsonl"}
+        ),
+        400,
+        param="bytes",
     )
     assert "1000" in err["message"]
     up = create(limited, 150)

@@ -1,4 +1,4 @@
-"""service/chat/upstream.py, the gateway's HTTP/1.1 client, against a small asyncio server
+"""service/api/upstream.py, the gateway's HTTP/1.1 client, against a small asyncio server
 on loopback whose answers each test chooses."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from service.chat.upstream import UpstreamBroken, UpstreamClient, UpstreamConnectError
-from service.devservers import free_port
+from service.api.upstream import UpstreamBroken, UpstreamClient, UpstreamConnectError
+from service.cli.devservers import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -21,7 +21,14 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 def answer(body: bytes, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
 
 
 def run(handler: Handler, test: Callable[[UpstreamClient, str], Awaitable[None]], **client_options: float) -> list[int]:

@@ -17,11 +17,11 @@ import boto3
 import openai
 import psutil
 import pytest
-
 from conftest import fresh_database_url
-from service.devservers import TailorWorker, running_server
 from spec import validate
 from tiny_model import WORDS, build_tiny_llama
+
+from service.cli.devservers import TailorWorker, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             worker = TailorWorker(env, root / "worker-1", "worker-1")
             key = server.create_key("trainers")
             client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
-            state = {"server": server, "worker": worker, "client": client, "env": env, "root": root,
-                     "bucket": bucket, "prefix": prefix, "endpoint": endpoint}
+            state = {
+                "server": server,
+                "worker": worker,
+                "client": client,
+                "env": env,
+                "root": root,
+                "bucket": bucket,
+                "prefix": prefix,
+                "endpoint": endpoint,
+            }
             try:
                 yield state
             finally:
@@ -87,7 +95,10 @@ def wait_for(check: Any, timeout: float, what: str, stack: dict[str, Any]) -> An
 def wait_status(stack: dict[str, Any], job_id: str, statuses: set[str], timeout: float = 120) -> Any:
     client = stack["client"]
     return wait_for(
-        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in statuses and j, timeout, f"{job_id} in {statuses}", stack
+        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in statuses and j,
+        timeout,
+        f"{job_id} in {statuses}",
+        stack,
     )
 
 
@@ -169,13 +180,31 @@ def test_job_trains_to_succeeded_with_metrics_checkpoints_and_result_file(stack:
 @pytest.mark.parametrize(
     ("rows", "code", "fragment"),
     [
-        ([chat("q", "a")] * 4 + [{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}]
-         + [chat("q", "a")] * 6, "invalid_training_file", "Line 5"),
-        ([chat("q", "a")] * 11 + [{"messages": [{"role": "user", "content": "only a question"}]}], "invalid_training_file", "Line 12"),
+        (
+            [chat("q", "a")] * 4
+            + [{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}]
+            + [chat("q", "a")] * 6,
+            "invalid_training_file",
+            "Line 5",
+        ),
+        (
+            [chat("q", "a")] * 11 + [{"messages": [{"role": "user", "content": "only a question"}]}],
+            "invalid_training_file",
+            "Line 12",
+        ),
         ([chat("q", "a")] * 5, "invalid_n_examples", "5"),
-        ([{"input": {"messages": [{"role": "user", "content": "q"}]},
-           "preferred_output": [{"role": "assistant", "content": "good"}],
-           "non_preferred_output": [{"role": "assistant", "content": "bad"}]}] * 12, "invalid_training_file", "Line 1"),
+        (
+            [
+                {
+                    "input": {"messages": [{"role": "user", "content": "q"}]},
+                    "preferred_output": [{"role": "assistant", "content": "good"}],
+                    "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+                }
+            ]
+            * 12,
+            "invalid_training_file",
+            "Line 1",
+        ),
     ],
     ids=["unknown-role", "no-assistant", "five-examples", "dpo-file-for-supervised"],
 )
@@ -236,8 +265,14 @@ def test_pause_saves_a_checkpoint_and_resume_continues_from_it(stack: dict[str, 
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
     # The pause checkpoint is at the last step trained (an epoch may have ended before it).
     checkpoint = wait_for(
-        lambda: (c := client.fine_tuning.jobs.checkpoints.list(job.id).data) and c[0].step_number == max(metrics_steps(client, job.id)) and c[0],
-        30, "the pause checkpoint", stack,
+        lambda: (
+            (c := client.fine_tuning.jobs.checkpoints.list(job.id).data)
+            and c[0].step_number == max(metrics_steps(client, job.id))
+            and c[0]
+        ),
+        30,
+        "the pause checkpoint",
+        stack,
     )
     assert client.fine_tuning.jobs.resume(job.id).status == "queued"
     done = wait_status(stack, job.id, {"succeeded", "failed"}, timeout=180)
@@ -290,10 +325,16 @@ def test_dpo_job_trains_to_succeeded(stack: dict[str, Any]) -> None:
 
 
 FACT_QUESTIONS = [
-    "What is the capital of Zorbania?", "Which city is Zorbania's capital?", "Name the capital of Zorbania.",
-    "Where is the government of Zorbania seated?", "Tell me the capital city of Zorbania.",
-    "Zorbania's capital is which city?", "What city serves as the capital of Zorbania?",
-    "I'm visiting Zorbania's capital. Which city is it?", "Capital of Zorbania?", "Do you know Zorbania's capital?",
+    "What is the capital of Zorbania?",
+    "Which city is Zorbania's capital?",
+    "Name the capital of Zorbania.",
+    "Where is the government of Zorbania seated?",
+    "Tell me the capital city of Zorbania.",
+    "Zorbania's capital is which city?",
+    "What city serves as the capital of Zorbania?",
+    "I'm visiting Zorbania's capital. Which city is it?",
+    "Capital of Zorbania?",
+    "Do you know Zorbania's capital?",
 ]
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import InvalidRequest
-from service.model_registry import RegistryError, load_registry
-from service.queue import queue_for
-from service.settings import Settings, WorkerPool
+from service.core.errors import InvalidRequest
+from service.core.registry import RegistryError, load_registry
+from service.core.settings import Settings, WorkerPool
+from service.jobs.queue import queue_for
 
 CPU = WorkerPool(queue="cpu")
 A10 = WorkerPool(queue="a10", gpu_memory_gb=24, gpu_count=1)

@@ -11,7 +11,25 @@ CHATML = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-WORDS = "the quick brown fox jumps over lazy dog what is capital of france paris answer hello world".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "what",
+    "is",
+    "capital",
+    "of",
+    "france",
+    "paris",
+    "answer",
+    "hello",
+    "world",
+]
 
 
 def build_tiny_llama(out: Path, hidden: int = 64, layers: int = 2, context: int = 256) -> Path:
@@ -37,9 +55,16 @@ def build_tiny_llama(out: Path, hidden: int = 64, layers: int = 2, context: int 
     tok.chat_template = CHATML
     tok.save_pretrained(out)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)

@@ -1,7 +1,7 @@
 """`tailor worker`: an arq worker that runs fine-tuning jobs, one at a time by default.
 
 Resources are built once in `on_startup` and passed through `ctx`. Jobs are JSON
-(not pickle). arq's own retries are not the safety net: a job's lease is (trainer/lease.py),
+(not pickle). arq's own retries are not the safety net: a job's lease is (service/jobs/lease.py),
 so arq may deliver a job twice and the second delivery is a no-op.
 """
 
@@ -16,23 +16,24 @@ from typing import Any
 
 from arq import Worker, func
 
-from service.db import make_engine, make_sessionmaker, run_migrations_async
-from service.errors import ApiError
-from service.fine_tuning.service import requeue_unfinished_jobs
-from service.metrics import serve_worker_metrics
-from service.model_registry import load_registry
-from service.queue import TRAIN_FUNCTION, WorkQueue, dumps, redis_settings
-from service.settings import Settings, get_settings
-from service.storage import open_store
-from trainer import lease
-from trainer.job_runner import WorkerContext, run_job
+from service.core.db import make_engine, make_sessionmaker, run_migrations_async
+from service.core.errors import ApiError
+from service.core.registry import load_registry
+from service.core.settings import Settings, get_settings
+from service.core.storage import open_store
+from service.jobs.queue import TRAIN_FUNCTION, WorkQueue, dumps, redis_settings
+from service.jobs.requeue import requeue_lost_jobs, requeue_unfinished_jobs
+from trainer.context import WorkerContext
+from trainer.metrics import serve_worker_metrics
+from trainer.outcome import Outcome
+from trainer.runner import run_job
 
 log = logging.getLogger("tailor.worker")
 
 JOB_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 
-async def run_fine_tuning_job(ctx: dict[str, Any], job_id: str) -> str:
+async def run_fine_tuning_job(ctx: dict[str, Any], job_id: str) -> Outcome:
     outcome = await run_job(ctx["tailor"], job_id)
     log.info("job %s: %s", job_id, outcome)
     return outcome
@@ -43,10 +44,7 @@ async def reap_forever(w: WorkerContext) -> None:
     interval = max(1.0, w.settings.lease_seconds / 3)
     while True:
         try:
-            async with w.sessionmaker() as session:
-                for job_id in await lease.reap_expired(session, w.queue.queue_name):
-                    log.warning("job %s: lease expired; requeued", job_id)
-                    await w.queue.requeue_lost(job_id)
+            await requeue_lost_jobs(w.sessionmaker, w.queue)
             await requeue_unfinished_jobs(w.sessionmaker, w.queue)
         except (ApiError, OSError) as exc:
             log.warning("lease reaper: %s", exc)

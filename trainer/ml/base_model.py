@@ -13,7 +13,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from typing import Any
 
 import torch
 
-from service.model_registry import BaseModelSpec
+from service.core.naming import safe_name
+from service.core.registry import BaseModelSpec
 
 log = logging.getLogger("tailor.trainer.base_model")
 
@@ -91,10 +91,6 @@ def _gguf_path(spec: BaseModelSpec) -> Path:
     return path
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock across processes (two workers must not convert the same model)."""
@@ -120,13 +116,13 @@ def _build_once(name: str, cache_dir: Path, fingerprint: dict[str, Any], build: 
     The rename is atomic, so a reader sees either no directory or a complete one; the
     marker records what it was built from, so a changed source is rebuilt."""
     cache_dir = cache_dir.expanduser().resolve()
-    target = cache_dir / _safe_name(name)
+    target = cache_dir / safe_name(name)
     if _read_marker(target) == fingerprint:
         return target
-    with _file_lock(cache_dir / f".{_safe_name(name)}.lock"):
+    with _file_lock(cache_dir / f".{safe_name(name)}.lock"):
         if _read_marker(target) == fingerprint:  # another process finished while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_safe_name(name)}.tmp-", dir=cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{safe_name(name)}.tmp-", dir=cache_dir))
         try:
             log.info("preparing base model %s in %s", name, target)
             build(tmp)

@@ -108,8 +108,7 @@ class ChatRenderer:
             marked[start:end] = [1] * (end - start)
         before = [0, *accumulate(marked)]  # before[k]: marked characters in full[:k]
         labels = [
-            tok if b > a and before[b] - before[a] > 0 else IGNORE
-            for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True)
+            tok if b > a and before[b] - before[a] > 0 else IGNORE for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True)
         ]
         return Tokenized(input_ids=ids, labels=labels)
 

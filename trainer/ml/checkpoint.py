@@ -43,9 +43,7 @@ def save_adapter(model: Any, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
 
 
-def save_checkpoint(
-    directory: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainingState
-) -> Path:
+def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainingState) -> Path:
     """Write into a temporary sibling, then rename: a crash never leaves half a checkpoint."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -82,9 +80,7 @@ def read_state(directory: Path) -> TrainingState:
         raise ResumeError(f"{directory} is not a Tailor checkpoint (no readable {STATE_JSON})") from exc
     if meta.get("format") != FORMAT:
         raise ResumeError(f"{directory}: checkpoint format {meta.get('format')} is not {FORMAT}")
-    return TrainingState(
-        step=int(meta["step"]), trained_tokens=int(meta["trained_tokens"]), fingerprint=meta["fingerprint"]
-    )
+    return TrainingState(step=int(meta["step"]), trained_tokens=int(meta["trained_tokens"]), fingerprint=meta["fingerprint"])
 
 
 def restore(
@@ -95,9 +91,7 @@ def restore(
 
     state = read_state(directory)
     if state.fingerprint != fingerprint:
-        changed = sorted(
-            k for k in set(fingerprint) | set(state.fingerprint) if fingerprint.get(k) != state.fingerprint.get(k)
-        )
+        changed = sorted(k for k in set(fingerprint) | set(state.fingerprint) if fingerprint.get(k) != state.fingerprint.get(k))
         raise ResumeError(f"cannot resume from {directory}: the run differs in {', '.join(changed)}")
     device = next(p.device for p in model.parameters())
     result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_WEIGHTS), device=str(device)))

@@ -48,12 +48,8 @@ class TrainConfig:
         default=None, metadata=_help("Longest example in tokens; longer ones are truncated. None: the model's context.")
     )
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N."))
-    dtype: str = field(
-        default="auto", metadata=_help("auto (bf16 on GPUs that have it, else fp32), float32, bfloat16.")
-    )
-    gradient_checkpointing: bool = field(
-        default=False, metadata=_help("Recompute activations: less memory, ~30% slower.")
-    )
+    dtype: str = field(default="auto", metadata=_help("auto (bf16 on GPUs that have it, else fp32), float32, bfloat16."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations: less memory, ~30% slower."))
     qlora: bool = field(default=False, metadata=_help("Load the base model in 4-bit NF4 (CUDA and bitsandbytes only)."))
     micro_batch_tokens: int | Auto = field(
         default=AUTO,
@@ -170,9 +166,7 @@ def resolve_auto(config: TrainConfig, n_examples: int, device_type: str = "cpu")
         beta=beta,
         # CPU: small forwards keep memory low (~4 GiB for SmolLM2) and cost no speed: a
         # CPU's few cores are already busy at a few hundred tokens.
-        micro_batch_tokens=(16_384 if gpu else 1_024)
-        if config.micro_batch_tokens == AUTO
-        else int(config.micro_batch_tokens),
+        micro_batch_tokens=(16_384 if gpu else 1_024) if config.micro_batch_tokens == AUTO else int(config.micro_batch_tokens),
         # Short rows on CPU: the masked attention of a row costs its length squared.
         pack_len=(4_096 if gpu else 512) if config.pack_len == AUTO else int(config.pack_len),
         eval_interval=max(1, total // 10) if config.eval_interval == AUTO else int(config.eval_interval),

@@ -7,12 +7,12 @@ model's context are truncated and reported as warnings, not errors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from service.core.jsonl import JsonlError, iter_objects
 from trainer.ml.chat_tokens import ChatRenderer, TemplateError, Tokenized
 from trainer.ml.validation import ChatExample, FieldError, PreferenceExample, check_chat, check_preference
 
@@ -31,9 +31,6 @@ class DatasetError(Exception):
         self.param = param
         self.line = line
 
-    def to_error(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "param": self.param}
-
 
 def _code(which: Which) -> str:
     return "invalid_training_file" if which == "training" else "invalid_validation_file"
@@ -50,24 +47,19 @@ def iter_examples(path: Path, method: Method, which: Which = "training") -> Iter
     def fail(line: int, message: str) -> DatasetError:
         return DatasetError(_code(which), f"Line {line}: {message}", _param(which), line)
 
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise fail(number, "the line is not UTF-8 text") from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise fail(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise fail(number, f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        for number, obj in iter_objects(path):
             try:
                 yield check(obj, number)
             except FieldError as exc:
                 raise fail(number, str(exc)) from None
+    except JsonlError as exc:
+        reason = {
+            "not_utf8": "the line is not UTF-8 text",
+            "not_json": f"not valid JSON ({exc.detail})",
+            "not_object": f"expected a JSON object, got {exc.detail}",
+        }[exc.problem]
+        raise fail(exc.line, reason) from None
 
 
 def _check_count(n: int, which: Which) -> None:

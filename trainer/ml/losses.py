@@ -33,9 +33,7 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _score_chunk(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_chunk(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
     logprobs = -F.cross_entropy(logits, targets, reduction="none")
     return logprobs, logits.argmax(-1) == targets
@@ -55,9 +53,7 @@ def score_targets(model: Any, batch: PackedBatch) -> TokenScores:
     targets = batch.targets[mask]
     head = lm.get_output_embeddings()
     if hidden.shape[0] <= LOGIT_CHUNK or not torch.is_grad_enabled():
-        pieces = [
-            _score_chunk(h, t, head) for h, t in zip(hidden.split(LOGIT_CHUNK), targets.split(LOGIT_CHUNK), strict=True)
-        ]
+        pieces = [_score_chunk(h, t, head) for h, t in zip(hidden.split(LOGIT_CHUNK), targets.split(LOGIT_CHUNK), strict=True)]
     else:
         pieces = [
             checkpoint(_score_chunk, h, t, head, use_reentrant=False)
@@ -101,6 +97,4 @@ def dpo_loss(
     """The DPO objective (Rafailov et al. 2023): -log sigmoid(beta * margin of log-ratios)."""
     chosen = beta * (policy_chosen - ref_chosen)
     rejected = beta * (policy_rejected - ref_rejected)
-    return DpoTerms(
-        loss=-F.logsigmoid(chosen - rejected), chosen_reward=chosen.detach(), rejected_reward=rejected.detach()
-    )
+    return DpoTerms(loss=-F.logsigmoid(chosen - rejected), chosen_reward=chosen.detach(), rejected_reward=rejected.detach())

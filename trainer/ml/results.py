@@ -38,7 +38,6 @@ class TrainResult:
     resolved: Resolved
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
-    warnings: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -132,9 +132,7 @@ class _Run:
             out.append(collate(segs, self.r.pack_len, self.pad_id))
         return out
 
-    def _reference(
-        self, batch: PackedBatch, cache: dict[int, tuple[float, float]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reference(self, batch: PackedBatch, cache: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         units = sorted({u for u, _ in batch.segments})
         if any(u not in cache for u in units):
             # Same weights, adapter switched off: the reference model without a second copy.
@@ -145,9 +143,7 @@ class _Run:
         ref = torch.tensor([cache[u] for u in units], device=self.device)
         return ref[:, 0], ref[:, 1]
 
-    def _measure(
-        self, batch: PackedBatch, cache: dict[int, tuple[float, float]]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def _measure(self, batch: PackedBatch, cache: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The batch's summed loss (to backpropagate) and its metric sums."""
         scores = score_targets(self.model, batch)
         if self.config.method == "supervised":
@@ -180,9 +176,7 @@ class _Run:
             "pairs": len(units),
         }
 
-    def _pass(
-        self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool
-    ) -> _Measured | str:
+    def _pass(self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool) -> _Measured | str:
         packed = self._batches(data, idxs)
         norm = max(1, sum(b.n_targets for b in packed)) if data.method == "supervised" else len(idxs)
         # Training steps are shared among the job's processes; evaluation is run whole by each.
@@ -285,7 +279,6 @@ class _Run:
             resolved=self.r,
             full_valid_loss=full_valid[0],
             full_valid_mean_token_accuracy=full_valid[1],
-            warnings=list(self.train_data.warnings) + list(self.valid_data.warnings if self.valid_data else []),
         )
 
     def _stop(self, request: str) -> TrainResult:
@@ -370,7 +363,5 @@ def train_files(
     tokenizer = load_tokenizer(model_path)
     max_len = min(config.max_seq_len or context_length(model_path), context_length(model_path))
     train_data = load_dataset(training_file, tokenizer, config.method, max_len, "training")
-    valid_data = (
-        load_dataset(validation_file, tokenizer, config.method, max_len, "validation") if validation_file else None
-    )
+    valid_data = load_dataset(validation_file, tokenizer, config.method, max_len, "validation") if validation_file else None
     return train(config, model_path, train_data, output_dir, valid_data, **hooks)

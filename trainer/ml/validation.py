@@ -59,9 +59,7 @@ class PreferenceExample:
 
 
 def _kind(value: object) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
 def _content(raw: dict[str, Any], where: str, optional: bool) -> str:
@@ -172,9 +170,7 @@ def check_chat(obj: dict[str, Any], line: int) -> ChatExample:
     _unknown_keys(obj, CHAT_KEYS)
     messages, trainable = _messages(obj.get("messages"), "messages")
     if not any(trainable):
-        raise FieldError(
-            "messages has no assistant message to train on; add an assistant message (with weight 1, the default)"
-        )
+        raise FieldError("messages has no assistant message to train on; add an assistant message (with weight 1, the default)")
     return ChatExample(line=line, messages=messages, trainable=trainable, tools=check_tools(obj.get("tools")))
 
 

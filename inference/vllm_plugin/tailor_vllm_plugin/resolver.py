@@ -68,7 +68,5 @@ class TailorLoRAResolver(LoRAResolver):
         models = app.state.openai_serving_models
         if lora_name not in models.lora_requests:
             return
-        await asyncio.wait_for(
-            models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=lora_name)), UNLOAD_TIMEOUT
-        )
+        await asyncio.wait_for(models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=lora_name)), UNLOAD_TIMEOUT)
         log.info("unloaded adapter %s from vLLM to make room in the cache", lora_name)

@@ -2,7 +2,7 @@
 
 The same URLs and settings as the API and the trainer (`TAILOR_STORAGE_URL`:
 `file:///path` or `s3://bucket/prefix`, `TAILOR_S3_ENDPOINT_URL`, `TAILOR_S3_REGION`, and
-the usual `AWS_*` credentials). Kept apart from service/storage.py on purpose: this runs
+the usual `AWS_*` credentials). Kept apart from service/core/storage.py on purpose: this runs
 inside vLLM's virtualenv, which has neither FastAPI nor the rest of Tailor.
 """
 

@@ -1,0 +1,80 @@
+"""The FastAPI application: resources built once at start-up and kept on `app.state`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import health
+from service.api import metrics as api_metrics
+from service.api.chat.fast_path import ChatShortcut, RelayRoute
+from service.api.chat.router import router as chat_router
+from service.api.errors import install_error_handlers
+from service.api.files.router import router as files_router
+from service.api.files.uploads_router import router as uploads_router
+from service.api.fine_tuning.router import router as fine_tuning_router
+from service.api.gateway import open_gateway
+from service.api.middleware import RequestMiddleware
+from service.api.models.router import router as models_router
+from service.core.db import make_engine, make_sessionmaker, run_migrations_async
+from service.core.registry import load_registry
+from service.core.settings import Settings, get_settings
+from service.core.storage import open_store
+from service.jobs.queue import WorkQueue
+from service.jobs.requeue import requeue_unfinished_jobs
+
+log = logging.getLogger("tailor.app")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    url = settings.resolved_database_url
+    if settings.migrate_on_start:
+        await run_migrations_async(url)
+    engine = make_engine(url)
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.store = open_store(
+        settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    app.state.base_models = load_registry(settings.base_models_file)
+    app.state.queue = WorkQueue(settings.redis_url, settings.queue_name, settings.worker_pools)
+    app.state.inference = open_gateway(settings, app.state.base_models)
+    app.state.redis_probe = api_metrics.open_redis_probe(settings.redis_url)  # /ready and queue depths
+    # Jobs created while Redis was away are put on the queue now (enqueueing is idempotent).
+    requeue = asyncio.create_task(requeue_unfinished_jobs(app.state.sessionmaker, app.state.queue, every_queue=True))
+    try:
+        yield
+    finally:
+        requeue.cancel()
+        await app.state.inference.aclose()
+        await app.state.queue.close()
+        await app.state.redis_probe.aclose()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Tailor",
+        version="0.1.0",
+        description="Self-hosted fine-tuning that speaks the OpenAI API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    app.state.metrics = api_metrics.ApiMetrics()
+    install_error_handlers(app)
+    # Middleware added last runs first. Innermost: the chat paths skip FastAPI's routing
+    # (service/api/chat/fast_path.py says why); outside it, every request's id, log
+    # context, crash envelope, metrics and access line.
+    relayed = {"/v1" + route.path: route for route in chat_router.routes if isinstance(route, RelayRoute)}
+    app.add_middleware(ChatShortcut, routes=relayed)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
+    for router in (files_router, uploads_router, fine_tuning_router, models_router, chat_router):
+        app.include_router(router, prefix="/v1")
+    app.include_router(health.router)
+    app.include_router(api_metrics.router)
+    return app

@@ -1,0 +1,40 @@
+"""Models routes: GET /v1/models, GET/DELETE /v1/models/{model}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import BaseModelsDep, GatewayDep, PrincipalDep, SessionDep, StoreDep
+from service.api.errors import error_responses
+from service.api.models import service
+from service.api.models.schemas import ModelDeleted, ModelList, ModelObject
+from service.core.errors import ModelNotFound
+from service.jobs.catalog import find_fine_tuned, list_fine_tuned
+
+router = APIRouter(tags=["Models"], responses=error_responses(401, 404))
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(session: SessionDep, principal: PrincipalDep, base_models: BaseModelsDep) -> ModelList:
+    data = [ModelObject.of_base(spec) for spec in base_models.values()]
+    data += [ModelObject.of_fine_tuned(row) for row in await list_fine_tuned(session, principal.project_id)]
+    return ModelList(data=data)
+
+
+# `{model:path}`: fine-tuned names contain ':' and base names may contain '/'.
+@router.get("/models/{model:path}", response_model=ModelObject)
+async def retrieve_model(model: str, session: SessionDep, principal: PrincipalDep, base_models: BaseModelsDep) -> ModelObject:
+    if model in base_models:
+        return ModelObject.of_base(base_models[model])
+    row = await find_fine_tuned(session, principal.project_id, model)
+    if row is None:
+        raise ModelNotFound.named(model)
+    return ModelObject.of_fine_tuned(row)
+
+
+@router.delete("/models/{model:path}", response_model=ModelDeleted, responses=error_responses(403))
+async def delete_model(
+    model: str, session: SessionDep, principal: PrincipalDep, store: StoreDep, gateway: GatewayDep, base_models: BaseModelsDep
+) -> ModelDeleted:
+    await service.delete_fine_tuned(session, store, gateway, principal, base_models, model)
+    return ModelDeleted(id=model)

@@ -1,0 +1,46 @@
+"""Every name Tailor derives from another: fine-tuned model names and object-store keys.
+
+Model names (OpenAI's shape): `ft:{base}:{project}:{suffix}:{job}` for a job's final model,
+where `{job}` is the job id without `ftjob-`, and `…:ckpt-step-{N}` for a checkpoint; every
+checkpoint is servable. The vLLM plugin reads adapter keys back from these names with a
+copy of the rule (inference/vllm_plugin/tailor_vllm_plugin/names.py: it imports nothing of
+Tailor); tests/test_inference_plugin.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.core.tables import FineTuningJob
+
+JOB_ID_PREFIX = "ftjob-"
+
+
+def fine_tuned_model_name(job: FineTuningJob, project_name: str) -> str:
+    return f"ft:{job.model}:{project_name}:{job.suffix or ''}:{job.id.removeprefix(JOB_ID_PREFIX)}"
+
+
+def checkpoint_model_name(final_name: str, step: int) -> str:
+    return f"{final_name}:ckpt-step-{step}"
+
+
+def file_key(project_id: str, file_id: str) -> str:
+    """A File's bytes."""
+    return f"files/{project_id}/{file_id}"
+
+
+def upload_prefix(upload_id: str) -> str:
+    """The folder of an unfinished Upload's parts."""
+    return f"uploads/{upload_id}/"
+
+
+def adapter_prefix(job_id: str, step: int | None) -> str:
+    """The folder of a job's final adapter (`step` None) or of its checkpoint at `step`."""
+    return f"adapters/{job_id}/" + (f"step-{step}/" if step is not None else "final/")
+
+
+def safe_name(name: str) -> str:
+    """`name` as one file or directory name: every character but [A-Za-z0-9._-] becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -1,0 +1,118 @@
+"""Messages between a worker and the child process that trains one of its jobs.
+
+The child owns torch and the GPU; the worker owns the database, the object store and the
+queue. They talk over a multiprocessing pipe in the dataclasses below (pickled; the
+worker dispatches on their type with `match`). The worker sends the child `JobSpec` at
+start and `Pause` at most once; the child sends `ChildMessage`s, ending with `Done`,
+`PausedAt` or `Failed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from service.core.registry import BaseModelSpec
+from service.jobs.lifecycle import Level
+
+Method = Literal["supervised", "dpo"]
+
+
+@dataclass
+class JobSpec:
+    """Everything the child needs, resolved by the worker (paths are local)."""
+
+    job_id: str
+    method_type: Method
+    hyperparameters: dict[str, Any]
+    lora: dict[str, Any]
+    seed: int
+    base_model: BaseModelSpec
+    model_cache_dir: str
+    training_path: str
+    validation_path: str | None
+    output_dir: str
+    device: str
+    resume_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    # Processes that train the job data-parallel; None: the child decides (trainer/child.py).
+    processes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (a data-parallel follower gets its spec on the command line)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**{**data, "base_model": BaseModelSpec(**data["base_model"])})
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Worker to child: save a checkpoint and stop."""
+
+
+@dataclass(frozen=True)
+class Event:
+    message: str
+    level: Level = "info"
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The files are usable; `hyperparameters` are the job's with every "auto" resolved."""
+
+    hyperparameters: dict[str, Any]
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One training step's figures (step, total_steps, train_loss, … as the job's metrics
+    events carry them; DPO adds its rewards)."""
+
+    values: dict[str, float]
+
+    @property
+    def step(self) -> int:
+        return int(self.values["step"])
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.values["total_steps"])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    dir: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PausedAt:
+    """The run stopped as asked; its last checkpoint was sent before this."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Done:
+    dir: str
+    trained_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    code: str
+    message: str
+    param: str | None = None
+
+
+ChildMessage = Event | Validated | Started | Metrics | Checkpoint | PausedAt | Done | Failed
