@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.core.registry import BaseModelSpec
-from service.jobs.lifecycle import Level
+
+if TYPE_CHECKING:
+    # Only for the annotation: at run time lifecycle brings SQLAlchemy and Alembic, which
+    # the training child (and each data-parallel follower) would import for nothing.
+    from service.jobs.lifecycle import Level
 
 Method = Literal["supervised", "dpo"]
 
