@@ -8,16 +8,25 @@ envelope on the routes, so the generated OpenAPI shows what clients really get.
 
 from __future__ import annotations
 
+import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import ApiError, envelope
+from service.core.db import database_failure
+from service.core.errors import ApiError, BackendUnavailable, envelope
+from service.core.storage import is_store_failure
+
+log = logging.getLogger("tailor.errors")
 
 
 class ErrorBody(BaseModel):
@@ -44,14 +53,17 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status_code)
+    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=headers)
 
 
 def param_from_location(loc: tuple[Any, ...]) -> str | None:
     # FastAPI prefixes locations with where the value came from ("body", "query", "path").
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
     # pydantic names union branches ("int", "literal['auto']"); they are not fields.
-    parts = [p for p in parts if not (p.startswith(("literal[", "function-")) or p in ("int", "float", "str", "bool"))]
+    parts = [
+        p for p in parts if not (p.startswith(("literal[", "function-", "constrained-")) or p in ("int", "float", "str", "bool"))
+    ]
     if not parts:
         return None
     out = parts[0]
@@ -103,14 +115,63 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Invalid URL ({request.method} {request.url.path})"
         body = envelope(message, "invalid_request_error", None, "unknown_url")
     elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed for {request.url.path}."
+        allowed = _allowed_methods(request)
+        message = f"Method {request.method} is not allowed for {request.url.path}; use {', '.join(allowed)}."
         body = envelope(message, "invalid_request_error", None, "method_not_allowed")
+        return JSONResponse(body, status_code=405, headers={"allow": ", ".join(allowed)})
     else:
         body = envelope(str(exc.detail), "invalid_request_error", None, None)
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's own 405 names only the first
+    matching route's, and GET and DELETE of one object are two routes. Read from the OpenAPI
+    document, the public list of every route (a 405 is rare; it is built once)."""
+    methods: set[str] = set()
+    for pattern, served in _path_methods(request.app):
+        if pattern.fullmatch(request.url.path):
+            methods |= served
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _path_methods(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "path_methods", None)
+    if table is None:
+        table = [
+            (re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))), {m.upper() for m in operations})
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.path_methods = table
+    return table
+
+
+def backend_failure(exc: Exception) -> ApiError | None:
+    """The answer for a failure of the database or the object store that is not a bug: a
+    value the database cannot hold is a 400, anything unreachable or unwritable a 503 with
+    `retry-after`. None for anything else (a 500)."""
+    if isinstance(exc, SQLAlchemyError):
+        return database_failure(exc)
+    if is_store_failure(exc):
+        # The reason stays in the log: it names paths and hosts the caller has no use for.
+        log.warning("backend failure: %r", exc)
+        reason = "refused the connection" if isinstance(exc, ConnectionError) else f"failed ({type(exc).__name__})"
+        return BackendUnavailable(f"A storage backend (database or object store) {reason}. Try again shortly.")
+    return None
+
+
+async def _on_backend_error(_: Request, exc: Exception) -> JSONResponse:
+    answer = backend_failure(exc)
+    if answer is None:
+        raise exc  # a bug, not the caller's input: the middleware answers 500 and logs it
+    return error_response(answer)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
+    for backend_error in (SQLAlchemyError, OSError, BotoCoreError, ClientError, Boto3Error):
+        app.add_exception_handler(backend_error, _on_backend_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

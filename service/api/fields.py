@@ -1,10 +1,13 @@
-"""Field helpers shared by the API's response shapes."""
+"""Field helpers shared by the API's request and response shapes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+NUL_MESSAGE = "contains a NUL character (\\u0000), which Tailor does not accept in text"
 
 
 def _is_none(value: object) -> bool:
@@ -15,3 +18,40 @@ def absent_if_none(**kwargs: Any) -> Any:
     """A field that defaults to None and is left out of the JSON while it is None: the spec
     types such fields as plain values that may be absent, never null."""
     return Field(None, exclude_if=_is_none, **kwargs)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string in `value` (a string, or lists and dicts of them) holds a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(holds_nul(v) for v in value)
+    return False
+
+
+class RequestBody(BaseModel):
+    """Base of every JSON request body: unknown fields, NaN and infinities (Python's JSON
+    parser reads `1e400` as infinity) and NUL characters (PostgreSQL cannot store them) are
+    refused as 400s naming the field, before anything reaches the database."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Nested models ran this on their own fields already; only plain values are walked.
+        if not isinstance(value, BaseModel) and holds_nul(value):
+            raise PydanticCustomError("string_nul", NUL_MESSAGE)
+        return value
+
+
+def _nul_free(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("string_nul", NUL_MESSAGE)
+    return value
+
+
+# For a string field of a body that is not a RequestBody (the chat bodies, relayed to vLLM as sent).
+NulFreeStr = Annotated[str, AfterValidator(_nul_free)]

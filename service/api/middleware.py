@@ -1,10 +1,11 @@
 """The one middleware every HTTP request passes through.
 
 It gives the request its id (`x-request-id`, the client's own if it sent one), binds the
-request's state to the log context so every line logged meanwhile carries that id, turns a
-crash into a 500 in the OpenAI envelope, times the request for Prometheus by route
+request's state to the log context so every line logged meanwhile carries that id, refuses
+a NUL character in the URL (400), turns a crash into a 500 in the OpenAI envelope, times the request for Prometheus by route
 template, and writes the access line once the response has been sent (Tailor's own `tailor.access`
-line: uvicorn's is written before the answer goes out, which delays every answer).
+line: uvicorn's is written before the answer goes out, which delays every answer), with
+any secret sent in the query string (`?api_key=`) redacted.
 
 Plain ASGI rather than BaseHTTPMiddleware, so streamed bodies pass through untouched, and
 one layer rather than four, since each layer costs a relayed chat answer its share.
@@ -13,12 +14,15 @@ one layer rather than four, since each layer costs a relayed chat answer its sha
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
+from urllib.parse import parse_qsl
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.fields import NUL_MESSAGE
 from service.api.metrics import ApiMetrics, route_template
 from service.core.errors import envelope
 from service.core.logs import request_state_var
@@ -59,7 +63,10 @@ class RequestMiddleware:
 
         try:
             try:
-                await self.app(scope, receive, send_with_id)
+                if (refusal := _refuse_nul_in_url(scope)) is not None:
+                    await refusal(scope, receive, send_with_id)
+                else:
+                    await self.app(scope, receive, send_with_id)
             except Exception:
                 log.exception("unhandled error in request %s", request_id)
                 if started:
@@ -74,9 +81,29 @@ class RequestMiddleware:
             request_state_var.reset(token)
 
 
+def _refuse_nul_in_url(scope: Scope) -> JSONResponse | None:
+    """A 400 for a NUL character in the path or the query: no id, filter or cursor holds
+    one, and PostgreSQL cannot even compare it."""
+    query = scope.get("query_string", b"")
+    if "\x00" not in scope["path"] and b"%00" not in query and b"\x00" not in query:
+        return None
+    param = next(
+        (name for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if "\x00" in name + value), None
+    )
+    where = f"'{param}'" if param else "the URL path"
+    body = envelope(f"Invalid value for {where}: it {NUL_MESSAGE}.", "invalid_request_error", param, None)
+    return JSONResponse(body, status_code=400)
+
+
+# Query parameters whose value is a credential: a client that puts its key in the URL must
+# not get it written to the access log.
+_SECRET_QUERY_VALUE = re.compile(r"(?i)(^|&)((?:api[_-]?key|key|access[_-]?token|token|secret|password)=)[^&]*")
+
+
 def _log_access(scope: Scope, status: int, seconds: float) -> None:
     client = scope.get("client")
-    path = scope.get("path", "") + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+    query = _SECRET_QUERY_VALUE.sub(r"\1\2REDACTED", scope.get("query_string", b"").decode("latin-1"))
+    path = scope.get("path", "") + (f"?{query}" if query else "")
     access_log.info(
         '%s "%s %s HTTP/%s" %d %.1fms',
         f"{client[0]}:{client[1]}" if client else "-",

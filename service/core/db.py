@@ -13,8 +13,12 @@ from typing import Any, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, Result, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+from service.core.errors import ApiError, BackendUnavailable, InvalidRequest
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -41,6 +45,22 @@ def make_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def database_failure(exc: SQLAlchemyError) -> ApiError | None:
+    """What to answer for a database error that is not a bug: a value the database cannot
+    hold (PostgreSQL's SQLSTATE class 22, "data exception") is the caller's 400, and a lost
+    or refused connection, a locked SQLite file or an exhausted pool is a 503 to retry."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+        if sqlstate.startswith("22"):
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
+            return InvalidRequest(f"A value in the request cannot be stored: {reason}.")
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return BackendUnavailable("The database is unavailable. Try again shortly.")
+    if isinstance(exc, PoolTimeout):
+        return BackendUnavailable("The database is busy: no connection was free in time. Try again shortly.")
+    return None
 
 
 def rows_changed(result: Result[Any]) -> int:

@@ -14,6 +14,8 @@ class ApiError(Exception):
     status_code = 400
     type = "invalid_request_error"
     code: str | None = None
+    # Seconds a client should wait before trying again (sent as `retry-after`), where that helps.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -62,6 +64,12 @@ class ServiceUnavailable(ApiError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class BackendUnavailable(ServiceUnavailable):
+    """The database, the object store or the queue failed to answer: a retry soon may work."""
+
+    retry_after = 2
 
 
 def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,18 @@ class ObjectNotFound(KeyError):
     pass
 
 
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a store that cannot be written or reached (a full or read-only disk,
+    an S3 endpoint down or refusing) rather than a bug: the caller answers 503 and retries."""
+    if isinstance(exc, OSError):
+        return True
+    # botocore is imported only once something failed, as the S3 backend imports it lazily too.
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, BotoCoreError | ClientError | Boto3Error)
+
+
 class ObjectStore(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path) -> None:

@@ -14,11 +14,12 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.auth import authenticate_lazily
-from service.api.errors import error_response, validation_error_response
+from service.api.errors import backend_failure, error_response, validation_error_response
 from service.core.errors import ApiError
 
 
@@ -53,7 +54,7 @@ class ChatShortcut:
     """Innermost middleware: a POST to a chat path goes straight to its RelayRoute's handler,
     past Starlette's exception layer, FastAPI's exit stacks and route matching, none of
     which the chat paths need: Tailor's own middleware is outside this one, and the two
-    errors a handler raises are answered here as the app's handlers answer them. Other
+    errors a handler raises (and a database failure) are answered here as the app's handlers answer them. Other
     requests, and other methods on these paths (405), go through FastAPI as usual.
     """
 
@@ -75,4 +76,8 @@ class ChatShortcut:
             response = error_response(exc)
         except RequestValidationError as exc:
             response = validation_error_response(exc)
+        except (SQLAlchemyError, OSError) as exc:
+            if (answer := backend_failure(exc)) is None:
+                raise
+            response = error_response(answer)
         await response(scope, receive, send)

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.fields import NulFreeStr
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -20,9 +22,9 @@ class StreamOptions(BaseModel):
 
 
 class _GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(description="A base model, or one of the project's fine-tuned models or checkpoints (`ft:…`).")
+    model: NulFreeStr = Field(description="A base model, or one of the project's fine-tuned models or checkpoints (`ft:…`).")
     stream: bool | None = Field(False, description="Stream server-sent events as tokens are generated.")
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=0)

@@ -18,7 +18,8 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service.api.files.schemas import PURPOSES, ExpiresAfter
+from service.api.fields import NUL_MESSAGE
+from service.api.files.schemas import FILENAME_MAX_CHARS, PURPOSES, ExpiresAfter
 from service.api.files.service import copy_to_path, scratch_file
 from service.core.errors import InvalidRequest, PayloadTooLarge
 
@@ -67,6 +68,16 @@ def _expires_after(form_fields: dict[str, str]) -> int | None:
         ) from None
 
 
+def _stored_filename(filename: str) -> str:
+    if len(filename) > FILENAME_MAX_CHARS:
+        raise InvalidRequest(
+            f"The file's name is {len(filename)} characters long; the limit is {FILENAME_MAX_CHARS}.", param="file"
+        )
+    if "\x00" in filename:
+        raise InvalidRequest(f"The file's name {NUL_MESSAGE}.", param="file")
+    return filename
+
+
 @dataclass
 class SpooledForm:
     path: Path
@@ -108,4 +119,4 @@ async def receive_file(request: Request, limit: int) -> AsyncIterator[ReceivedFi
                 f"Invalid value for 'purpose': '{purpose}'. Supported values are: {', '.join(PURPOSES)}.",
                 param="purpose",
             )
-        yield ReceivedFile(form.path, form.filename, purpose, _expires_after(form.fields))
+        yield ReceivedFile(form.path, _stored_filename(form.filename), purpose, _expires_after(form.fields))

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.fields import absent_if_none
+from service.api.fields import RequestBody, absent_if_none
 from service.api.pagination import IdPage
 from service.core.tables import File, Upload, UploadPart
 
@@ -15,10 +15,11 @@ from service.core.tables import File, Upload, UploadPart
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision"]
 JSONL_PURPOSES = frozenset({"fine-tune", "batch", "evals"})
+# The filename column's width.
+FILENAME_MAX_CHARS = 512
 
 
-class ExpiresAfter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ExpiresAfter(RequestBody):
     anchor: Literal["created_at"]
     seconds: int = Field(ge=3600, le=2592000)
 
@@ -52,17 +53,15 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
-class UploadCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    filename: str = Field(min_length=1, max_length=512)
+class UploadCreate(RequestBody):
+    filename: str = Field(min_length=1, max_length=FILENAME_MAX_CHARS)
     purpose: UploadPurpose
     bytes: int = Field(ge=0)
     mime_type: str = Field(min_length=1, max_length=255)
     expires_after: ExpiresAfter | None = None
 
 
-class UploadComplete(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UploadComplete(RequestBody):
     part_ids: list[str]
     md5: str | None = None
 

@@ -122,8 +122,8 @@ async def list_files(
 
 
 async def delete_file(session: AsyncSession, store: ObjectStore, row: File) -> None:
-    # The row goes first: once the API no longer shows the file, removing its bytes is safe.
-    key = row.storage_key
+    # The bytes go first: if the store fails, the row stays and the delete can be retried;
+    # the other way round a failure would leave bytes no row points at.
+    await asyncio.to_thread(store.delete, row.storage_key)
     await session.delete(row)
     await session.commit()
-    await asyncio.to_thread(store.delete, key)

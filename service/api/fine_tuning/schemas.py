@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.api.fields import absent_if_none
+from service.api.fields import RequestBody, absent_if_none
 from service.api.pagination import IdPage, Page
 from service.core.tables import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 
@@ -23,11 +23,7 @@ SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 METADATA_MAX_PAIRS = 16
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Hyperparameters(Strict):
+class Hyperparameters(RequestBody):
     batch_size: BatchSize = "auto"
     learning_rate_multiplier: LearningRateMultiplier = "auto"
     n_epochs: NEpochs = "auto"
@@ -37,15 +33,15 @@ class DpoHyperparameters(Hyperparameters):
     beta: Beta = "auto"
 
 
-class SupervisedMethod(Strict):
+class SupervisedMethod(RequestBody):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
-class DpoMethod(Strict):
+class DpoMethod(RequestBody):
     hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
 
 
-class Method(Strict):
+class Method(RequestBody):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
@@ -59,19 +55,19 @@ class Method(Strict):
         return self
 
 
-class WandbIntegrationConfig(Strict):
+class WandbIntegrationConfig(RequestBody):
     project: str
     name: str | None = None
     entity: str | None = None
     tags: list[str] | None = None
 
 
-class Integration(Strict):
+class Integration(RequestBody):
     type: Literal["wandb"]
     wandb: WandbIntegrationConfig
 
 
-class LoraConfig(Strict):
+class LoraConfig(RequestBody):
     """Tailor's extension, sent as `extra_body={"lora": {...}}`: the adapter's shape."""
 
     rank: int = Field(16, ge=1, le=256, description="LoRA rank r.")
@@ -79,21 +75,21 @@ class LoraConfig(Strict):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
 
 
-class TrainingOptions(Strict):
+class TrainingOptions(RequestBody):
     """Tailor's extension, sent as `extra_body={"training": {...}}`: how the worker trains."""
 
     qlora: bool = Field(False, description="Load the base model in 4-bit NF4 (QLoRA); needs a CUDA worker.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less GPU memory, slower.")
 
 
-class FineTuningJobCreate(Strict):
+class FineTuningJobCreate(RequestBody):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     hyperparameters: Hyperparameters | None = None
     suffix: str | None = Field(None, min_length=1, max_length=64)
     validation_file: str | None = None
     integrations: list[Integration] | None = Field(None, max_length=5)
-    seed: int | None = Field(None, ge=0, le=2147483647)
+    seed: int | None = Field(None, ge=0, le=2147483647, strict=True)
     method: Method | None = None
     metadata: dict[str, str] | None = None
     lora: LoraConfig | None = None
