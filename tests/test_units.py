@@ -85,3 +85,14 @@ def test_development_defaults_live_in_the_data_dir(tmp_path: Path) -> None:
     s = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert s.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'tailor.db'}"
     assert s.resolved_storage_url == (tmp_path / "objects").as_uri()
+
+
+def test_access_log_redacts_secrets_in_the_query(caplog: pytest.LogCaptureFixture) -> None:
+    from service.api.middleware import _log_access
+
+    scope = {"method": "GET", "path": "/v1/models", "query_string": b"api_key=sk-tailor-secret&limit=2&token=t0k", "client": None}
+    with caplog.at_level("INFO", logger="tailor.access"):
+        _log_access(scope, 200, 0.001)
+    line = caplog.records[-1].getMessage()
+    assert "sk-tailor-secret" not in line and "t0k" not in line, line
+    assert "api_key=REDACTED&limit=2&token=REDACTED" in line, line

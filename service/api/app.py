@@ -25,7 +25,7 @@ from service.core.registry import load_registry
 from service.core.settings import Settings, get_settings
 from service.core.storage import open_store
 from service.jobs.queue import WorkQueue
-from service.jobs.requeue import requeue_unfinished_jobs
+from service.jobs.requeue import reconcile_forever
 
 log = logging.getLogger("tailor.app")
 
@@ -42,11 +42,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
     app.state.base_models = load_registry(settings.base_models_file)
-    app.state.queue = WorkQueue(settings.redis_url, settings.queue_name, settings.worker_pools)
+    app.state.queue = WorkQueue(settings.redis_url, settings.queue_name, settings.worker_pools, connect_retries=0)
     app.state.inference = open_gateway(settings, app.state.base_models)
     app.state.redis_probe = api_metrics.open_redis_probe(settings.redis_url)  # /ready and queue depths
-    # Jobs created while Redis was away are put on the queue now (enqueueing is idempotent).
-    requeue = asyncio.create_task(requeue_unfinished_jobs(app.state.sessionmaker, app.state.queue, every_queue=True))
+    # Jobs created while Redis was away are put on the queue now and every few seconds.
+    requeue = asyncio.create_task(reconcile_forever(app.state.sessionmaker, app.state.queue, settings.reconcile_interval_seconds))
     try:
         yield
     finally:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         None, description="Where base models are converted and cached. Default: {data_dir}/models."
     )
     work_dir: Path | None = Field(None, description="Scratch space of a worker. Default: {data_dir}/work.")
+    reconcile_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the API enqueues jobs whose rows say they wait (Redis was away)."
+    )
     lease_seconds: int = Field(
         60, ge=5, description="A running job whose worker has not renewed its lease for this long is requeued."
     )

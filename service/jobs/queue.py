@@ -18,7 +18,7 @@ from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from service.core.errors import InvalidRequest, ServiceUnavailable
+from service.core.errors import BackendUnavailable, InvalidRequest
 from service.core.registry import BaseModelSpec
 from service.core.settings import WorkerPool
 
@@ -34,9 +34,9 @@ def signal_key(job_id: str) -> str:
     return f"tailor:signal:{job_id}"
 
 
-def redis_settings(redis_url: str) -> RedisSettings:
+def redis_settings(redis_url: str, connect_retries: int = 2) -> RedisSettings:
     settings = RedisSettings.from_dsn(redis_url)
-    settings.conn_retries = 2
+    settings.conn_retries = connect_retries
     settings.conn_timeout = 2
     return settings
 
@@ -46,8 +46,9 @@ def dumps(obj: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-async def connect(redis_url: str) -> ArqRedis:
-    return await create_pool(redis_settings(redis_url), job_serializer=dumps, job_deserializer=json.loads)
+async def connect(redis_url: str, connect_retries: int = 2) -> ArqRedis:
+    settings = redis_settings(redis_url, connect_retries)
+    return await create_pool(settings, job_serializer=dumps, job_deserializer=json.loads)
 
 
 async def enqueue_training(redis: ArqRedis, queue_name: str, job_id: str) -> bool:
@@ -100,10 +101,13 @@ def queue_for(spec: BaseModelSpec, pools: list[WorkerPool], default: str) -> str
 class WorkQueue:
     """The API's and workers' handle on the queues: connects on first use, so the API starts
     (and serves files, lists, retrieves) while Redis is briefly away. `queue_name` is the
-    worker's own queue, or the API's default one; a job goes to the queue its row names."""
+    worker's own queue, or the API's default one; a job goes to the queue its row names.
+    The API connects with no retries (`connect_retries=0`): a request must not wait a second
+    per retry on a Redis that is away, since the reconciler enqueues what it missed."""
 
-    def __init__(self, redis_url: str, queue_name: str, pools: list[WorkerPool] | None = None):
+    def __init__(self, redis_url: str, queue_name: str, pools: list[WorkerPool] | None = None, connect_retries: int = 2):
         self.redis_url = redis_url
+        self.connect_retries = connect_retries
         self.queue_name = queue_name
         self.pools = list(pools or [])
         self._pool: ArqRedis | None = None
@@ -112,7 +116,7 @@ class WorkQueue:
     async def pool(self) -> ArqRedis:
         async with self._lock, _unavailable_on_error():
             if self._pool is None:
-                self._pool = await connect(self.redis_url)
+                self._pool = await connect(self.redis_url, self.connect_retries)
             return self._pool
 
     def queue_for(self, spec: BaseModelSpec) -> str:
@@ -153,4 +157,4 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
     except (OSError, RedisError) as exc:
-        raise ServiceUnavailable(f"The work queue (Redis) is unavailable: {exc}. Try again shortly.") from exc
+        raise BackendUnavailable(f"The work queue (Redis) is unavailable: {exc}. Try again shortly.") from exc

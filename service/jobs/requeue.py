@@ -7,9 +7,11 @@ moved on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.core.errors import ApiError
@@ -53,3 +55,15 @@ async def requeue_lost_jobs(sessionmaker: async_sessionmaker[AsyncSession], queu
         log.warning("job %s: lease expired; requeued", job_id)
         await queue.requeue_lost(job_id)
     return reaped
+
+
+async def reconcile_forever(sessionmaker: async_sessionmaker[AsyncSession], queue: WorkQueue, interval: float) -> None:
+    """The API's reconciler: every `interval` seconds, enqueue what the rows say waits (all
+    queues), so a job created or resumed while Redis was away is queued within seconds of
+    its return. Safe with several API replicas: enqueueing is idempotent."""
+    while True:
+        try:
+            await requeue_unfinished_jobs(sessionmaker, queue, every_queue=True)
+        except (ApiError, OSError, SQLAlchemyError) as exc:
+            log.warning("reconciler: %r", exc)
+        await asyncio.sleep(interval)

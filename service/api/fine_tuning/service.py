@@ -106,7 +106,7 @@ async def create_job(
     await session.flush()  # the event row refers to the job row
     lc.add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     await session.commit()
-    # The row is the truth; if Redis is away, start-up requeueing will enqueue the job later.
+    # The row is the truth; if Redis is away, the reconciler enqueues the job once it is back.
     try:
         await queue.enqueue(job.id, job.queue)
     except ApiError:

@@ -1,0 +1,114 @@
+"""Faults in what Tailor stands on (issue 15's findings 5 and 7), against a real `tailor serve`:
+an object store that cannot be written answers 503 with `retry-after` and loses nothing."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+from arq.constants import job_key_prefix
+from conftest import TailorServer, _spawn, _wait_until, free_port, running_server, stop_process
+from spec import assert_error_envelope
+
+from service.cli.devservers import _redis_pings
+
+LINE = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+
+
+@pytest.fixture
+def store_server(server_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[TailorServer, Path]]:
+    store = (tmp_path / "objects").resolve()
+    store.mkdir()
+    with running_server({**server_env, "TAILOR_STORAGE_URL": store.as_uri()}, tmp_path / "data") as server:
+        yield server, store
+
+
+def break_store(store: Path) -> Path:
+    """Make the store unusable even for root: its directory becomes a plain file."""
+    kept = store.with_name("objects.kept")
+    store.rename(kept)
+    store.write_bytes(b"not a directory")
+    return kept
+
+
+def mend_store(store: Path, kept: Path) -> None:
+    store.unlink()
+    kept.rename(store)
+
+
+def test_unwritable_store_answers_503_and_a_delete_keeps_the_row(store_server: tuple[TailorServer, Path]) -> None:
+    server, store = store_server
+    key = server.create_key("faults")
+    with httpx.Client(base_url=server.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        kept_file = http.post("/v1/files", files={"file": ("a.jsonl", LINE)}, data={"purpose": "fine-tune"}).json()
+        moved = break_store(store)
+        try:
+            created = http.post("/v1/files", files={"file": ("b.jsonl", LINE)}, data={"purpose": "fine-tune"})
+            err = assert_error_envelope(created, 503)
+            assert created.headers["retry-after"].isdigit(), created.headers
+            assert "objects" not in err["message"], "the store's path stays in the log"
+            deleted = http.delete(f"/v1/files/{kept_file['id']}")
+            assert_error_envelope(deleted, 503)
+            # The row is still there, so the delete can be retried once the store is back.
+            assert [f["id"] for f in http.get("/v1/files").json()["data"]] == [kept_file["id"]]
+        finally:
+            mend_store(store, moved)
+        assert http.get(f"/v1/files/{kept_file['id']}/content").content == LINE
+        assert http.delete(f"/v1/files/{kept_file['id']}").json()["deleted"] is True
+        assert http.get("/v1/files").json()["data"] == []
+        assert [p for p in store.rglob("*") if p.is_file()] == [], "no bytes left behind"
+    shutil.rmtree(store, ignore_errors=True)
+
+
+# --- Redis away, then back ------------------------------------------------------------------
+
+
+@contextmanager
+def redis_on(port: int, workdir: Path) -> Iterator[None]:
+    binary = shutil.which("redis-server")
+    assert binary, "make setup installs redis-server"
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = _spawn(cmd, workdir / "redis.log", cwd=workdir)
+    try:
+        _wait_until(lambda: _redis_pings(port), proc, "redis-server", workdir / "redis.log", timeout=20)
+        yield
+    finally:
+        stop_process(proc)
+
+
+def test_a_job_created_while_redis_is_away_is_queued_once_it_is_back(database_url: str, queue_name: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "TAILOR_DATABASE_URL": database_url,
+        "TAILOR_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "TAILOR_QUEUE_NAME": f"{queue_name}:redis-away",
+        "TAILOR_RECONCILE_INTERVAL_SECONDS": "0.5",
+    }
+    with running_server(env, tmp_path / "data") as server:
+        key = server.create_key("redis-away")
+        with openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0) as client:
+            train = client.files.create(file=("t.jsonl", LINE * 10), purpose="fine-tune")
+            started = time.monotonic()
+            job = client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=train.id)
+            waited = time.monotonic() - started
+            # Before: two connection retries a second apart. A refused connection now fails at once.
+            assert waited < 1.5, f"job create waited {waited:.1f} s on a Redis that is away"
+            assert job.status == "validating_files"
+            with redis_on(port, tmp_path):
+                client_redis = redis.Redis(port=port)
+                try:
+                    deadline = time.monotonic() + 15
+                    while not client_redis.exists(job_key_prefix + job.id):
+                        assert time.monotonic() < deadline, "the job was never enqueued after Redis came back"
+                        time.sleep(0.2)
+                    queued = client_redis.zrange(env["TAILOR_QUEUE_NAME"], 0, -1)
+                    assert job.id.encode() in queued, queued
+                finally:
+                    client_redis.close()
