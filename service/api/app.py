@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service.api import health
 from service.api import metrics as api_metrics
+from service.api.auth import forget_all_keys, forget_key
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
 from service.api.errors import install_error_handlers
@@ -20,6 +21,7 @@ from service.api.fine_tuning.router import router as fine_tuning_router
 from service.api.gateway import open_gateway
 from service.api.middleware import RequestMiddleware
 from service.api.models.router import router as models_router
+from service.api.revocations import follow_revocations
 from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 from service.core.registry import load_registry
 from service.core.settings import Settings, get_settings
@@ -47,9 +49,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis_probe = api_metrics.open_redis_probe(settings.redis_url)  # /ready and queue depths
     # Jobs created while Redis was away are put on the queue now and every few seconds.
     requeue = asyncio.create_task(reconcile_forever(app.state.sessionmaker, app.state.queue, settings.reconcile_interval_seconds))
+    revocations = asyncio.create_task(follow_revocations(settings.redis_url, forget_key, forget_all_keys))
     try:
         yield
     finally:
+        revocations.cancel()
         requeue.cancel()
         await app.state.inference.aclose()
         await app.state.queue.close()

@@ -50,11 +50,64 @@ async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Pro
     return key, project
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    project: str
+    shown: str  # the key's first characters, enough to tell keys apart
+    created_at: int
+    revoked_at: int | None
+
+
+async def list_keys(session: AsyncSession, project_name: str | None = None) -> list[KeyInfo]:
+    query = select(ApiKey, Project.name).join(Project, Project.id == ApiKey.project_id).order_by(ApiKey.created_at)
+    if project_name is not None:
+        query = query.where(Project.name == project_name)
+    return [
+        KeyInfo(key.id, name, key.display_prefix + "…", key.created_at, key.revoked_at)
+        for key, name in (await session.execute(query)).tuples()
+    ]
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> str | None:
+    """Revoke the key with id `key_id`; returns its hash (to tell the replicas), None when
+    there is no such key. Revoking twice keeps the first time."""
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        return None
+    if key.revoked_at is None:
+        key.revoked_at = now()
+        await session.commit()
+    return key.key_hash
+
+
+async def rotate_key(session: AsyncSession, key_id: str) -> tuple[str, str] | None:
+    """A new key for the project of `key_id`, which is revoked in the same transaction;
+    returns (new key, old key's hash), None when there is no such key."""
+    old = await session.get(ApiKey, key_id)
+    if old is None:
+        return None
+    project = await session.get(Project, old.project_id)
+    assert project is not None, "a key belongs to a project"
+    if old.revoked_at is None:
+        old.revoked_at = now()
+    key, _ = await create_key(session, project.name)  # commits both
+    return key, old.key_hash
+
+
 # Key hashes the database confirmed in the last few seconds, with their principal. Every
 # authenticated request would otherwise pay a database round trip, which is most of what
-# the chat gateway adds to a short completion. A key revoked in the database stops working
-# within the TTL.
+# the chat gateway adds to a short completion. A revoked key is dropped from every
+# replica's cache at once (revocations.py); should that message be lost, within the TTL.
 _verified: TtlCache[str, Principal] = TtlCache(ttl=5.0)
+
+
+def forget_key(key_hash: str) -> None:
+    _verified.discard(lambda cached: cached == key_hash)
+
+
+def forget_all_keys() -> None:
+    _verified.discard(lambda _: True)
 
 
 def _bearer_token(request: Request) -> str:

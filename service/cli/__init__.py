@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from service.core.logs import setup_logging
 from service.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -103,6 +108,17 @@ def keys_create(project: str) -> None:
 
 async def _create_key(settings: Settings, project: str) -> str:
     from service.api.auth import create_key
+
+    async def create(session: AsyncSession) -> str:
+        return (await create_key(session, project))[0]
+
+    return await _with_session(settings, create)
+
+
+T = TypeVar("T")
+
+
+async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 
     url = settings.resolved_database_url
@@ -110,10 +126,66 @@ async def _create_key(settings: Settings, project: str) -> str:
     engine = make_engine(url)
     try:
         async with make_sessionmaker(engine)() as session:
-            key, _ = await create_key(session, project)
+            return await work(session)
     finally:
         await engine.dispose()
-    return key
+
+
+@keys.command("list")
+@click.option("--project", default=None, help="Only this project's keys.")
+def keys_list(project: str | None) -> None:
+    """List keys: id, project, first characters, created, revoked (never the key itself)."""
+    import datetime
+
+    from service.api.auth import list_keys
+
+    def when(ts: int | None) -> str:
+        return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+    rows = asyncio.run(_with_session(get_settings(), lambda session: list_keys(session, project)))
+    click.echo(f"{'ID':<32} {'PROJECT':<24} {'KEY':<18} {'CREATED (UTC)':<20} REVOKED (UTC)")
+    for row in rows:
+        click.echo(f"{row.id:<32} {row.project:<24} {row.shown:<18} {when(row.created_at):<20} {when(row.revoked_at)}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key (by the id `tailor keys list` shows); every API replica stops accepting it at once."""
+    from service.api.auth import revoke_key
+
+    settings = get_settings()
+    key_hash = asyncio.run(_with_session(settings, lambda session: revoke_key(session, key_id)))
+    if key_hash is None:
+        raise click.ClickException(f"no key with id {key_id} (see `tailor keys list`)")
+    _announce_revocation(settings, key_hash)
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+def keys_rotate(key_id: str) -> None:
+    """Revoke a key and print a new one for the same project (shown only once)."""
+    from service.api.auth import rotate_key
+
+    settings = get_settings()
+    rotated = asyncio.run(_with_session(settings, lambda session: rotate_key(session, key_id)))
+    if rotated is None:
+        raise click.ClickException(f"no key with id {key_id} (see `tailor keys list`)")
+    key, old_hash = rotated
+    _announce_revocation(settings, old_hash)
+    click.echo(key)
+
+
+def _announce_revocation(settings: Settings, key_hash: str) -> None:
+    from redis.exceptions import RedisError
+
+    from service.api.revocations import publish_revocations
+
+    try:
+        asyncio.run(publish_revocations(settings.redis_url, [key_hash]))
+    except (RedisError, OSError) as exc:
+        click.echo(f"warning: Redis is unavailable ({exc}); API replicas stop accepting the key within 5 s", err=True)
 
 
 @main.group()
