@@ -6,7 +6,8 @@ and a client that leaves meanwhile must still cancel it), and it watches for the
 disconnect the whole time, whatever ASGI version the server speaks. Leaving closes the
 upstream connection, which is how vLLM learns to abort the request.
 
-Streamed bodies are relayed as the bytes arrive, event by event, never re-encoded.
+Streamed bodies are relayed as they arrive, event by event; bodies and events are re-encoded
+only to drop the nulls the spec does not allow (spec_shape.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.api.chat.spec_shape import EventCleaner, clean_body
 from service.api.errors import error_response
 from service.api.gateway import (
     InferenceGateway,
@@ -79,7 +81,7 @@ class UpstreamRelay(Response):
             if media_type.startswith("text/event-stream"):
                 await self._stream(upstream, send, media_type)
             else:
-                content = await upstream.read()
+                content = clean_body(await upstream.read())
                 await Response(content, upstream.status, media_type=media_type)(scope, receive, send)
         except (TimeoutError, ConnectionError) as exc:
             if not self._started:
@@ -92,9 +94,13 @@ class UpstreamRelay(Response):
         headers = [(b"content-type", media_type.encode("latin-1")), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         self._started = True
+        events = EventCleaner()
         try:
             async for chunk in upstream.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if out := events.feed(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if rest := events.flush():
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         except (TimeoutError, ConnectionError) as exc:
             # Headers are gone already: say so the way vLLM reports a failure mid-stream.
             error = self._failure(exc)
