@@ -31,10 +31,15 @@ import httpx
 from service.cli.devservers import free_port, private_redis, running_server
 
 BASE = "SmolLM2-135M-Instruct"
+# vLLM 0.32's body for a 1-token answer, with the nulls the gateway drops (chat/spec_shape.py).
 ANSWER = json.dumps({
     "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": BASE,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "length"}],
-    "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None, "annotations": None,
+                 "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None},
+                 "logprobs": None, "finish_reason": "length", "stop_reason": None}],
+    "service_tier": None, "system_fingerprint": None,
+    "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13, "prompt_tokens_details": None},
+    "prompt_logprobs": None, "kv_transfer_params": None,
 }).encode()  # fmt: skip
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1}
 
