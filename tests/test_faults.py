@@ -3,7 +3,10 @@ an object store that cannot be written answers 503 with `retry-after` and loses 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +18,13 @@ import pytest
 import redis
 from arq.constants import job_key_prefix
 from conftest import TailorServer, _spawn, _wait_until, free_port, running_server, stop_process
+from helpers_db import run_db
 from spec import assert_error_envelope
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cli.devservers import _redis_pings
+from service.core.tables import File, Upload, UploadPart
 
 LINE = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
 
@@ -112,3 +119,111 @@ def test_a_job_created_while_redis_is_away_is_queued_once_it_is_back(database_ur
                     assert job.id.encode() in queued, queued
                 finally:
                     client_redis.close()
+
+
+# --- kill -9 mid-upload, then the janitor ------------------------------------------------------
+
+
+def _post_big_file(url: str, key: str, data: bytes) -> None:
+    try:
+        httpx.post(
+            f"{url}/v1/files",
+            files={"file": ("big.jsonl", data)},
+            data={"purpose": "fine-tune"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+    except httpx.HTTPError:
+        pass  # the server was killed under it: that is the point
+
+
+def test_api_killed_mid_upload_then_the_janitor_leaves_nothing(
+    database_url: str, queue_name: str, redis_url: str, tmp_path: Path
+) -> None:
+    store, scratch = (tmp_path / "objects").resolve(), (tmp_path / "tmp").resolve()
+    store.mkdir()
+    scratch.mkdir()
+    env = {
+        "TAILOR_DATABASE_URL": database_url,
+        "TAILOR_REDIS_URL": redis_url,
+        "TAILOR_QUEUE_NAME": queue_name,
+        "TAILOR_STORAGE_URL": store.as_uri(),
+        "TMPDIR": str(scratch),
+    }
+    with running_server(env, tmp_path / "data") as server:
+        key = server.create_key("janitor")
+        with httpx.Client(base_url=server.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            kept = http.post("/v1/files", files={"file": ("kept.jsonl", LINE)}, data={"purpose": "fine-tune"}).json()
+            expiring = http.post("/v1/files", files={"file": ("old.jsonl", LINE)}, data={"purpose": "fine-tune"}).json()
+            upload = {"filename": "u.jsonl", "purpose": "fine-tune", "bytes": len(LINE) * 2, "mime_type": "text/jsonl"}
+            upload_id = http.post("/v1/uploads", json=upload).json()["id"]
+            assert http.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("p", LINE)}).status_code == 200
+        # An hour on: the file and the upload have expired (set in the rows rather than waited for).
+        run_db(database_url, lambda s: _expire(s, expiring["id"], upload_id))
+
+        big = LINE * (60 * 1024 * 1024 // len(LINE))
+        sender = threading.Thread(target=_post_big_file, args=(server.root_url, key, big))
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob("tailor-scratch-*")):
+            assert time.monotonic() < deadline and sender.is_alive(), "the upload never reached its scratch file"
+            time.sleep(0.01)
+        os.kill(server.pid, signal.SIGKILL)
+        sender.join(30)
+        server.proc.wait(10)
+        assert list(scratch.glob("tailor-scratch-*")), "kill -9 leaves the scratch file behind"
+        # What a kill between a store write and its row's commit leaves (too brief to hit by timing).
+        orphan = store / "files" / "proj_gone" / "file-orphan"
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(LINE)
+        partial = store / "files" / ".incoming-abc123"
+        partial.write_bytes(LINE[:10])
+
+        summary = server.cli("janitor", "--grace-seconds", "0").stdout.strip()
+        assert summary == ("expired files: 1, expired uploads: 1, orphan objects: 1, partial objects: 1, scratch files: 1"), (
+            summary
+        )
+        assert not list(scratch.iterdir()), list(scratch.iterdir())
+        left = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
+        assert len(left) == 1 and left[0].endswith(kept["id"]), left
+        assert server.cli("janitor", "--grace-seconds", "0").stdout.strip().endswith("scratch files: 0")
+
+    # A restarted API still serves what was kept.
+    with running_server(env, tmp_path / "data") as again:
+        with httpx.Client(base_url=again.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            assert http.get(f"/v1/files/{kept['id']}/content").content == LINE
+            assert [f["id"] for f in http.get("/v1/files").json()["data"]] == [kept["id"]]
+    assert run_db(database_url, lambda s: _upload_state(s, upload_id)) == ("expired", 0)
+
+
+async def _upload_state(session: AsyncSession, upload_id: str) -> tuple[str, int]:
+    upload = await session.get(Upload, upload_id)
+    assert upload is not None
+    parts = (await session.execute(select(func.count()).where(UploadPart.upload_id == upload_id))).scalar_one()
+    return upload.status, parts
+
+
+async def _expire(session: AsyncSession, file_id: str, upload_id: str) -> None:
+    past = int(time.time()) - 1
+    await session.execute(update(File).where(File.id == file_id).values(expires_at=past))
+    await session.execute(update(Upload).where(Upload.id == upload_id).values(expires_at=past))
+    await session.commit()
+
+
+def test_the_api_sweeps_on_its_own(server_env: dict[str, str], tmp_path: Path) -> None:
+    store = (tmp_path / "objects").resolve()
+    orphan = store / "files" / "proj_gone" / "file-orphan"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(LINE)
+    env = {
+        **server_env,
+        "TAILOR_STORAGE_URL": store.as_uri(),
+        "TAILOR_JANITOR_INTERVAL_SECONDS": "0.5",
+        "TAILOR_JANITOR_GRACE_SECONDS": "0",
+    }
+    with running_server(env, tmp_path / "data") as server:
+        deadline = time.monotonic() + 20
+        while orphan.exists():
+            assert time.monotonic() < deadline, f"the API's janitor never ran:\n{server.log_tail()}"
+            time.sleep(0.2)
+        assert "janitor: expired files: 0, expired uploads: 0, orphan objects: 1" in server.log_tail(200)

@@ -15,6 +15,7 @@ from service.api.auth import forget_all_keys, forget_key
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
 from service.api.errors import install_error_handlers
+from service.api.files.janitor import sweep_forever
 from service.api.files.router import router as files_router
 from service.api.files.uploads_router import router as uploads_router
 from service.api.fine_tuning.router import router as fine_tuning_router
@@ -49,11 +50,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis_probe = api_metrics.open_redis_probe(settings.redis_url)  # /ready and queue depths
     # Jobs created while Redis was away are put on the queue now and every few seconds.
     requeue = asyncio.create_task(reconcile_forever(app.state.sessionmaker, app.state.queue, settings.reconcile_interval_seconds))
+    janitor = asyncio.create_task(
+        sweep_forever(
+            app.state.sessionmaker,
+            app.state.store,
+            interval=settings.janitor_interval_seconds,
+            grace_seconds=settings.janitor_grace_seconds,
+        )
+    )
     revocations = asyncio.create_task(follow_revocations(settings.redis_url, forget_key, forget_all_keys))
     try:
         yield
     finally:
         revocations.cancel()
+        janitor.cancel()
         requeue.cancel()
         await app.state.inference.aclose()
         await app.state.queue.close()

@@ -16,7 +16,7 @@ from service.core.logs import setup_logging
 from service.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -91,6 +91,23 @@ def inference(models: tuple[str, ...], log_level: str) -> None:
     sys.exit(run(settings, load_registry(settings.base_models_file), list(models) or None))
 
 
+@main.command()
+@click.option("--grace-seconds", type=float, default=None, help="Spare what is younger (default: TAILOR_JANITOR_GRACE_SECONDS).")
+def janitor(grace_seconds: float | None) -> None:
+    """Remove expired files and uploads, orphaned objects and stale scratch files once (`tailor serve` does it every few minutes)."""
+    from service.api.files.janitor import sweep
+    from service.core.storage import open_store
+
+    settings = get_settings()
+    store = open_store(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
+    grace = settings.janitor_grace_seconds if grace_seconds is None else grace_seconds
+
+    async def run(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+        return (await sweep(sessionmaker, store, grace_seconds=grace)).summary()
+
+    click.echo(asyncio.run(_with_sessionmaker(settings, run)))
+
+
 @main.group()
 def keys() -> None:
     """Manage API keys."""
@@ -118,17 +135,24 @@ async def _create_key(settings: Settings, project: str) -> str:
 T = TypeVar("T")
 
 
-async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+async def _with_sessionmaker(settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
     from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 
     url = settings.resolved_database_url
     await run_migrations_async(url)
     engine = make_engine(url)
     try:
-        async with make_sessionmaker(engine)() as session:
-            return await work(session)
+        return await work(make_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def in_one_session(sessionmaker: async_sessionmaker[AsyncSession]) -> T:
+        async with sessionmaker() as session:
+            return await work(session)
+
+    return await _with_sessionmaker(settings, in_one_session)
 
 
 @keys.command("list")

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         5.0, gt=0, description="How often the API enqueues jobs whose rows say they wait (Redis was away)."
     )
+    janitor_interval_seconds: float = Field(
+        600.0, gt=0, description="How often the API removes expired files and uploads, orphaned objects and scratch files."
+    )
+    janitor_grace_seconds: float = Field(
+        3600.0, ge=0, description="An object or scratch file younger than this is never taken for an orphan."
+    )
     lease_seconds: int = Field(
         60, ge=5, description="A running job whose worker has not renewed its lease for this long is requeued."
     )

@@ -55,9 +55,18 @@ class ObjectStore(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
-    @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """Keys under `prefix` (relative to the store), sorted."""
+        return [key for key, _ in self.list_dated(prefix)]
+
+    @abstractmethod
+    def list_dated(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, last modified as a Unix time) for every key under `prefix`, sorted by key."""
+
+    @abstractmethod
+    def remove_partials(self, older_than: float) -> int:
+        """Remove what writes cut short left (a local `.incoming-*` copy, an S3 multipart
+        upload never completed) last touched before `older_than`; return how many."""
 
     def put_dir(self, prefix: str, directory: Path) -> None:
         """Store every file under `directory` at `prefix` + its relative path."""
@@ -141,7 +150,7 @@ class LocalObjectStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list_keys(self, prefix: str) -> list[str]:
+    def list_dated(self, prefix: str) -> list[tuple[str, float]]:
         root = self.root.resolve()
         # Walk only the directory the prefix names (or its parent when it ends mid-name).
         head = prefix if prefix.endswith("/") else prefix.rpartition("/")[0]
@@ -149,10 +158,21 @@ class LocalObjectStore(ObjectStore):
         if not start.is_dir():
             return []
         return sorted(
-            key
+            (key, p.stat().st_mtime)
             for p in start.rglob("*")
             if p.is_file() and not p.name.startswith(".incoming-") and (key := p.relative_to(root).as_posix()).startswith(prefix)
         )
+
+    def remove_partials(self, older_than: float) -> int:
+        removed = 0
+        for path in self.root.rglob(".incoming-*"):
+            try:
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass  # finished (renamed) or removed meanwhile
+        return removed
 
 
 class S3ObjectStore(ObjectStore):
@@ -202,12 +222,21 @@ class S3ObjectStore(ObjectStore):
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
-    def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+    def list_dated(self, prefix: str) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            keys += [o["Key"][strip:] for o in page.get("Contents", [])]
-        return sorted(keys)
+            found += [(o["Key"][strip:], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+        return sorted(found)
+
+    def remove_partials(self, older_than: float) -> int:
+        removed = 0
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key("")):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < older_than:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    removed += 1
+        return removed
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -47,8 +47,13 @@ def check_jsonl(path: Path) -> int:
     return count
 
 
+# Scratch files a killed process leaves in the temporary directory carry this prefix, so the
+# janitor can find them (janitor.py).
+SCRATCH_PREFIX = "tailor-scratch-"
+
+
 @contextmanager
-def scratch_file(prefix: str = "tailor-") -> Iterator[Path]:
+def scratch_file(prefix: str = SCRATCH_PREFIX) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=prefix)
     os.close(fd)
     path = Path(name)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.api.auth import Principal
 from service.api.files.schemas import UploadCreate
-from service.api.files.service import create_file, scratch_file
+from service.api.files.service import SCRATCH_PREFIX, create_file, scratch_file
 from service.core.db import rows_changed
 from service.core.errors import InvalidRequest
 from service.core.ids import new_id, now
@@ -110,7 +110,7 @@ async def complete_upload(
     if rows_changed(claimed) != 1:
         raise InvalidRequest(f"Upload {row.id} is already being completed.")
     try:
-        with scratch_file("tailor-upload-") as path:
+        with scratch_file(SCRATCH_PREFIX + "upload-") as path:
             actual_md5 = await asyncio.to_thread(_assemble, store, [parts[p].storage_key for p in part_ids], path)
             if md5 is not None and md5.lower() != actual_md5:
                 raise InvalidRequest(
