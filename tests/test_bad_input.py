@@ -209,3 +209,10 @@ def test_seed_as_a_float_is_refused(http_a: httpx.Client, train_file: str) -> No
     body = {"model": BASE, "training_file": train_file, "seed": 5.0}
     err = error_of(http_a.post("/v1/fine_tuning/jobs", json=body), 400, "seed")
     assert "integer" in err["message"], err
+
+
+@pytest.mark.parametrize(("field", "value"), [("bytes", False), ("bytes", "10"), ("filename", 5)])
+def test_upload_fields_are_strictly_typed(http_a: httpx.Client, field: str, value: Any) -> None:
+    # Found by schemathesis: `"bytes": false` was read as 0 and created an Upload.
+    upload = {"filename": "a.jsonl", "purpose": "fine-tune", "bytes": 10, "mime_type": "text/jsonl", field: value}
+    error_of(http_a.post("/v1/uploads", json=upload), 400, field)

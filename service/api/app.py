@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from service.api import health
 from service.api import metrics as api_metrics
-from service.api.auth import forget_all_keys, forget_key
+from service.api.auth import document_bearer_auth, forget_all_keys, forget_key
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
 from service.api.errors import install_error_handlers
@@ -91,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(api_metrics.router)
+    document_bearer_auth(app)
     return app

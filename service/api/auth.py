@@ -7,7 +7,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -163,3 +163,22 @@ async def authenticate_lazily(request: Request) -> Principal:
         return known
     async with sessionmaker() as session:
         return await _look_up(session, token, key_hash)
+
+
+BEARER_SCHEME = {"ApiKeyAuth": {"type": "http", "scheme": "bearer", "description": "A project key from `tailor keys create`."}}
+
+
+def document_bearer_auth(app: FastAPI) -> None:
+    """State in the OpenAPI document that every operation takes a bearer key, as OpenAI's
+    does. Keys are checked by the routes' own dependency (no FastAPI security class: its
+    errors are not the OpenAI envelope), so the document is told here."""
+    render = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = render()
+            schema.setdefault("components", {})["securitySchemes"] = BEARER_SCHEME
+            schema["security"] = [{"ApiKeyAuth": []}]
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

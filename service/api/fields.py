@@ -32,11 +32,11 @@ def holds_nul(value: Any) -> bool:
 
 
 class RequestBody(BaseModel):
-    """Base of every JSON request body: unknown fields, NaN and infinities (Python's JSON
+    """Base of every JSON request body: strict types (`true` is not 1, "3" is not 3), unknown fields, NaN and infinities (Python's JSON
     parser reads `1e400` as infinity) and NUL characters (PostgreSQL cannot store them) are
     refused as 400s naming the field, before anything reaches the database."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="after")
     @classmethod

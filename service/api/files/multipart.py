@@ -59,7 +59,8 @@ def _expires_after(form_fields: dict[str, str]) -> int | None:
     if anchor is None and seconds is None:
         return None
     try:
-        return ExpiresAfter(anchor=anchor, seconds=seconds).seconds
+        # Form fields are text: "3600" must read as 3600 here, unlike in a JSON body.
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds}, strict=False).seconds
     except ValidationError as exc:
         field = str(exc.errors()[0]["loc"][0])
         raise InvalidRequest(

@@ -18,7 +18,7 @@ from service.api.files.schemas import PURPOSES, FileDeleted, FileList, FileObjec
 from service.core.errors import NotFound
 from service.core.storage import ObjectNotFound
 
-router = APIRouter(tags=["Files"], responses=error_responses(400, 401, 404))
+router = APIRouter(tags=["Files"], responses=error_responses(400, 401, 404, 503))
 
 CREATE_FILE_BODY = multipart_openapi(
     ["file", "purpose"],

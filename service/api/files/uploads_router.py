@@ -11,7 +11,7 @@ from service.api.files.multipart import BINARY, multipart_openapi, spool_form_fi
 from service.api.files.schemas import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 from service.api.files.uploads import effective_status
 
-router = APIRouter(tags=["Uploads"], responses=error_responses(400, 401, 404))
+router = APIRouter(tags=["Uploads"], responses=error_responses(400, 401, 404, 503))
 
 ADD_PART_BODY = multipart_openapi(["data"], {"data": BINARY})
 

@@ -19,7 +19,7 @@ from service.api.fine_tuning.schemas import (
 from service.jobs import lifecycle as lc
 from service.jobs.control import control_job
 
-router = APIRouter(prefix="/fine_tuning", tags=["Fine-tuning"], responses=error_responses(400, 401, 404))
+router = APIRouter(prefix="/fine_tuning", tags=["Fine-tuning"], responses=error_responses(400, 401, 404, 503))
 
 
 def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:

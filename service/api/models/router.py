@@ -11,7 +11,7 @@ from service.api.models.schemas import ModelDeleted, ModelList, ModelObject
 from service.core.errors import ModelNotFound
 from service.jobs.catalog import find_fine_tuned, list_fine_tuned
 
-router = APIRouter(tags=["Models"], responses=error_responses(401, 404))
+router = APIRouter(tags=["Models"], responses=error_responses(400, 401, 404, 503))
 
 
 @router.get("/models", response_model=ModelList)
