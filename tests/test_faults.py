@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
+import pg_private
 import pytest
 import redis
 from arq.constants import job_key_prefix
@@ -227,3 +229,61 @@ def test_the_api_sweeps_on_its_own(server_env: dict[str, str], tmp_path: Path) -
             assert time.monotonic() < deadline, f"the API's janitor never ran:\n{server.log_tail()}"
             time.sleep(0.2)
         assert "janitor: expired files: 0, expired uploads: 0, orphan objects: 1" in server.log_tail(200)
+
+
+# --- PostgreSQL restarted under traffic --------------------------------------------------------
+
+
+def _traffic(url: str, key: str, stop: threading.Event, seen: list[tuple[str, int, dict[str, Any], str]]) -> None:
+    """List and create files until told to stop, recording (what, status, body, retry-after)."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                listed = http.get("/v1/files")
+                seen.append(("list", listed.status_code, listed.json(), listed.headers.get("retry-after", "")))
+                made = http.post("/v1/files", files={"file": (f"f{n}.jsonl", LINE)}, data={"purpose": "fine-tune"})
+                seen.append(("create", made.status_code, made.json(), made.headers.get("retry-after", "")))
+            except httpx.HTTPError as exc:
+                seen.append(("transport", 0, {"error": repr(exc)}, ""))
+            time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pg_private.available(), reason="PostgreSQL's server binaries are not installed")
+def test_postgres_restarted_under_traffic_gives_brief_503s_and_loses_nothing(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    with pg_private.private_postgres() as pg:
+        env = {"TAILOR_DATABASE_URL": pg.url, "TAILOR_REDIS_URL": redis_url, "TAILOR_QUEUE_NAME": f"{queue_name}:pg"}
+        with running_server(env, tmp_path / "data") as server:
+            key = server.create_key("pg-restart")
+            stop, seen = threading.Event(), []
+            sender = threading.Thread(target=_traffic, args=(server.root_url, key, stop, seen))
+            sender.start()
+            try:
+                time.sleep(1.5)
+                pg.stop()
+                time.sleep(2)  # down: new connections are refused
+                pg.start()
+                healed_at = len(seen)
+                deadline = time.monotonic() + 20
+                while not any(s[1] == 200 and s[0] == "create" for s in seen[healed_at:]):
+                    assert time.monotonic() < deadline, f"never recovered:\n{server.log_tail(30)}"
+                    time.sleep(0.2)
+                time.sleep(1)
+            finally:
+                stop.set()
+                sender.join(30)
+            statuses = sorted({s[1] for s in seen})
+            assert 503 in statuses, f"the outage was never seen: {statuses}"
+            assert set(statuses) <= {200, 503}, [s for s in seen if s[1] not in (200, 503)][:5]
+            for what, status, body, retry_after in seen:
+                if status == 503:
+                    assert_error_envelope(body, 503)
+                    assert retry_after.isdigit(), (what, body)
+            created = {s[2]["id"] for s in seen if s[0] == "create" and s[1] == 200}
+            with httpx.Client(base_url=server.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+                listed = {f["id"] for f in http.get("/v1/files").json()["data"]}
+            assert created <= listed, f"lost rows: {created - listed}"
