@@ -55,6 +55,11 @@ class ModelNotFound(NotFound):
         return cls(f"The model '{name}' does not exist or you do not have access to it.", param="model")
 
 
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "file_too_large"

@@ -5,7 +5,8 @@
 - objects no row points at (an API killed between writing a file's bytes and committing its
   row, or between deleting a row's bytes and the row);
 - partial objects (a local `.incoming-*` copy, an S3 multipart upload cut short) and scratch
-  files in the temporary directory (`tailor-scratch-*`, the spooled body of an upload).
+  files in the temporary directory (`tailor-scratch-*`, the spooled body of an upload);
+- idempotency keys older than a day (api/idempotency.py).
 
 Every step is idempotent, so several API replicas may sweep at once. What is younger than
 the grace period is never an orphan: a file's bytes are written before its row commits.
@@ -23,11 +24,13 @@ from pathlib import Path
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.api import idempotency
 from service.api.files.service import SCRATCH_PREFIX, delete_file
+from service.core.db import rows_changed
 from service.core.ids import now
 from service.core.naming import upload_prefix
 from service.core.storage import ObjectStore, is_store_failure
-from service.core.tables import File, Upload, UploadPart
+from service.core.tables import File, IdempotencyKey, Upload, UploadPart
 
 log = logging.getLogger("tailor.janitor")
 
@@ -41,6 +44,7 @@ class Sweep:
     orphan_objects: int = 0
     partial_objects: int = 0
     scratch_files: int = 0
+    expired_idempotency_keys: int = 0
 
     def summary(self) -> str:
         return ", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in asdict(self).items())
@@ -59,6 +63,7 @@ async def sweep(
         done.expired_files = await _expired_files(session, store)
         done.expired_uploads = await _expired_uploads(session, store)
         done.orphan_objects = await _orphans(session, store, cutoff)
+        done.expired_idempotency_keys = await _expired_idempotency_keys(session)
     done.partial_objects = await asyncio.to_thread(store.remove_partials, cutoff)
     done.scratch_files = await asyncio.to_thread(_old_scratch, scratch_dir or Path(tempfile.gettempdir()), cutoff)
     return done
@@ -104,6 +109,12 @@ async def _orphans(session: AsyncSession, store: ObjectStore, cutoff: float) -> 
                     await asyncio.to_thread(store.delete, key)
                     removed += 1
     return removed
+
+
+async def _expired_idempotency_keys(session: AsyncSession) -> int:
+    gone = await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now() - idempotency.KEEP_SECONDS))
+    await session.commit()
+    return rows_changed(gone)
 
 
 def _old_scratch(directory: Path, cutoff: float) -> int:

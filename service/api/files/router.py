@@ -8,13 +8,15 @@ from typing import Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.deps import OwnedFileDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from service.api import idempotency
+from service.api.deps import IdempotencyKeyHeader, OwnedFileDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import error_responses
 from service.api.files import service
 from service.api.files.multipart import BINARY, multipart_openapi, receive_file
 from service.api.files.schemas import PURPOSES, FileDeleted, FileList, FileObject
+from service.api.idempotency import fingerprint
 from service.core.errors import NotFound
 from service.core.storage import ObjectNotFound
 
@@ -37,22 +39,35 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.post("/files", response_model=FileObject, openapi_extra=CREATE_FILE_BODY, responses=error_responses(413))
+@router.post("/files", response_model=FileObject, openapi_extra=CREATE_FILE_BODY, responses=error_responses(409, 413))
 async def create_file(
-    request: Request, session: SessionDep, principal: PrincipalDep, store: StoreDep, settings: SettingsDep
-) -> FileObject:
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> FileObject | JSONResponse:
     """Upload a file (multipart: `file`, `purpose`, optional `expires_after[anchor|seconds]`)."""
     async with receive_file(request, settings.max_upload_bytes) as received:
-        row = await service.create_file(
-            session,
-            store,
-            principal,
-            path=received.path,
-            filename=received.filename,
-            purpose=received.purpose,
-            expires_after_seconds=received.expires_after_seconds,
+
+        async def create() -> FileObject:
+            row = await service.create_file(
+                session,
+                store,
+                principal,
+                path=received.path,
+                filename=received.filename,
+                purpose=received.purpose,
+                expires_after_seconds=received.expires_after_seconds,
+            )
+            return FileObject.of(row)
+
+        # The file's name, purpose, size and expiry say whether a retry is the same request.
+        same = fingerprint(
+            request, received.filename, received.purpose, received.path.stat().st_size, received.expires_after_seconds
         )
-    return FileObject.of(row)
+        return await idempotency.once(request, session, principal, same, create)
 
 
 @router.get("/files", response_model=FileList)

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
-from service.api.deps import OwnedUploadDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from service.api import idempotency
+from service.api.deps import IdempotencyKeyHeader, OwnedUploadDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import error_responses
 from service.api.files import uploads
 from service.api.files.multipart import BINARY, multipart_openapi, spool_form_file
 from service.api.files.schemas import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 from service.api.files.uploads import effective_status
+from service.api.idempotency import fingerprint
 
 router = APIRouter(tags=["Uploads"], responses=error_responses(400, 401, 404, 503))
 
 ADD_PART_BODY = multipart_openapi(["data"], {"data": BINARY})
 
 
-@router.post("/uploads", response_model=UploadObject)
-async def create_upload(body: UploadCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep) -> UploadObject:
-    row = await uploads.create_upload(session, principal, body, settings)
-    return UploadObject.of(row, effective_status(row))
+@router.post("/uploads", response_model=UploadObject, responses=error_responses(409))
+async def create_upload(
+    request: Request,
+    body: UploadCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> UploadObject | JSONResponse:
+    async def create() -> UploadObject:
+        row = await uploads.create_upload(session, principal, body, settings)
+        return UploadObject.of(row, effective_status(row))
+
+    return await idempotency.once(request, session, principal, fingerprint(request, await request.body()), create)
 
 
 @router.post(

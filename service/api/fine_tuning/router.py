@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
-from service.api.deps import BaseModelsDep, OwnedJobDep, PrincipalDep, QueueDep, SessionDep
+from service.api import idempotency
+from service.api.deps import BaseModelsDep, IdempotencyKeyHeader, OwnedJobDep, PrincipalDep, QueueDep, SessionDep
 from service.api.errors import error_responses
 from service.api.fine_tuning import service
 from service.api.fine_tuning.schemas import (
@@ -16,6 +18,7 @@ from service.api.fine_tuning.schemas import (
     FineTuningJobList,
     FineTuningJobObject,
 )
+from service.api.idempotency import fingerprint
 from service.jobs import lifecycle as lc
 from service.jobs.control import control_job
 
@@ -32,12 +35,20 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:
     return pairs, request.query_params.get("metadata") == "null"
 
 
-@router.post("/jobs", response_model=FineTuningJobObject, responses=error_responses(503))
+@router.post("/jobs", response_model=FineTuningJobObject, responses=error_responses(409, 503))
 async def create_job(
-    body: FineTuningJobCreate, session: SessionDep, principal: PrincipalDep, queue: QueueDep, base_models: BaseModelsDep
-) -> FineTuningJobObject:
-    job = await service.create_job(session, queue, principal, body, base_models)
-    return FineTuningJobObject.of(job)
+    request: Request,
+    body: FineTuningJobCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    queue: QueueDep,
+    base_models: BaseModelsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> FineTuningJobObject | JSONResponse:
+    async def create() -> FineTuningJobObject:
+        return FineTuningJobObject.of(await service.create_job(session, queue, principal, body, base_models))
+
+    return await idempotency.once(request, session, principal, fingerprint(request, await request.body()), create)
 
 
 @router.get("/jobs", response_model=FineTuningJobList)
