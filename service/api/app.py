@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import health
 from service.api import metrics as api_metrics
@@ -22,6 +23,7 @@ from service.api.fine_tuning.router import router as fine_tuning_router
 from service.api.gateway import open_gateway
 from service.api.middleware import RequestMiddleware
 from service.api.models.router import router as models_router
+from service.api.rate_limit import RateLimiter
 from service.api.revocations import follow_revocations
 from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 from service.core.registry import load_registry
@@ -68,6 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.inference.aclose()
         await app.state.queue.close()
         await app.state.redis_probe.aclose()
+        if app.state.rate_limiter is not None:
+            await app.state.rate_limiter.aclose()
         await engine.dispose()
 
 
@@ -86,7 +90,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # context, crash envelope, metrics and access line.
     relayed = {"/v1" + route.path: route for route in chat_router.routes if isinstance(route, RelayRoute)}
     app.add_middleware(ChatShortcut, routes=relayed)
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
+    settings = app.state.settings
+    limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    app.state.rate_limiter = limiter
+    if settings.cors_allow_origins:
+        # Closed unless the operator names origins: a browser page elsewhere cannot use a key.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"],
+        )
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics, limiter=limiter)
     for router in (files_router, uploads_router, fine_tuning_router, models_router, chat_router):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)

@@ -9,6 +9,7 @@ handler, and set on gauges; collectors never do I/O of their own.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Scope
 
+from service.core.errors import Unauthorized
 from service.core.metrics import new_registry
 from service.core.registry import BaseModelSpec
 from service.core.settings import Settings
@@ -140,7 +142,11 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; no auth (keep it off the public network)."""
+    """Prometheus text format. Open unless TAILOR_METRICS_TOKEN is set (then a bearer token
+    of its own, not an API key: Prometheus is not a project)."""
+    token = request.app.state.settings.metrics_token
+    if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        raise Unauthorized("GET /metrics needs `Authorization: Bearer <TAILOR_METRICS_TOKEN>`.", code="invalid_metrics_token")
     api_metrics: ApiMetrics = request.app.state.metrics
     await api_metrics.refresh(request.app)
     return Response(generate_latest(api_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,7 @@
 
 It gives the request its id (`x-request-id`, the client's own if it sent one), binds the
 request's state to the log context so every line logged meanwhile carries that id, refuses
-a NUL character in the URL (400), turns a crash into a 500 in the OpenAI envelope, times the request for Prometheus by route
+a NUL character in the URL (400) and a key over its rate limit (429, rate_limit.py), turns a crash into a 500 in the OpenAI envelope, times the request for Prometheus by route
 template, and writes the access line once the response has been sent (Tailor's own `tailor.access`
 line: uvicorn's is written before the answer goes out, which delays every answer), with
 any secret sent in the query string (`?api_key=`) redacted.
@@ -22,8 +22,10 @@ from urllib.parse import parse_qsl
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api import rate_limit
 from service.api.fields import NUL_MESSAGE
 from service.api.metrics import ApiMetrics, route_template
+from service.api.rate_limit import RateLimiter
 from service.core.errors import envelope
 from service.core.logs import request_state_var
 
@@ -35,9 +37,10 @@ _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics):
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, limiter: RateLimiter | None = None):
         self.app = app
         self.metrics = metrics
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +54,9 @@ class RequestMiddleware:
         started_at = time.perf_counter()
         status = 500  # what the client gets if the app fails before answering
         started = False
+        limited = None
+        if self.limiter is not None and scope["path"].startswith("/v1/"):
+            limited = await self.limiter.check(rate_limit.identity(scope))
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -58,12 +64,16 @@ class RequestMiddleware:
                 status, started = int(message["status"]), True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _REQUEST_ID_BYTES]
                 headers.append((_REQUEST_ID_BYTES, request_id.encode("latin-1")))
+                if limited is not None:
+                    headers += limited.headers()
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
             try:
-                if (refusal := _refuse_nul_in_url(scope)) is not None:
+                if limited is not None and not limited.allowed:
+                    await _too_many(limited)(scope, receive, send_with_id)
+                elif (refusal := _refuse_nul_in_url(scope)) is not None:
                     await refusal(scope, receive, send_with_id)
                 else:
                     await self.app(scope, receive, send_with_id)
@@ -79,6 +89,15 @@ class RequestMiddleware:
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(scope, status, seconds)
             request_state_var.reset(token)
+
+
+def _too_many(decision: rate_limit.Decision) -> JSONResponse:
+    message = (
+        f"Rate limit reached: {decision.limit} requests per minute for this key. "
+        f"Try again in {decision.reset_seconds} s (TAILOR_RATE_LIMIT_PER_MINUTE sets the limit)."
+    )
+    body = envelope(message, "requests", None, "rate_limit_exceeded")
+    return JSONResponse(body, status_code=429, headers={"retry-after": str(decision.reset_seconds)})
 
 
 def _refuse_nul_in_url(scope: Scope) -> JSONResponse | None:

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         None, description="Where base models are converted and cached. Default: {data_dir}/models."
     )
     work_dir: Path | None = Field(None, description="Scratch space of a worker. Default: {data_dir}/work.")
+    rate_limit_per_minute: int = Field(
+        6000, ge=0, description="Requests per minute one API key may make (all replicas together, through Redis); 0: no limit."
+    )
+    metrics_token: str | None = Field(
+        None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (else it is open: keep it internal)."
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins a browser may call the API from (CORS). Empty (the default): none but the API's own.",
+    )
     reconcile_interval_seconds: float = Field(
         5.0, gt=0, description="How often the API enqueues jobs whose rows say they wait (Redis was away)."
     )
