@@ -286,6 +286,21 @@ def test_pause_then_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_pat
     assert rest.trained_tokens == reference_run[1].trained_tokens
 
 
+def test_checkpoints_on_a_clock_as_well_as_every_epoch(tiny_model: Path, tmp_path: Path) -> None:
+    def checkpointed(interval: float | None, where: Path) -> list[int]:
+        where.mkdir(parents=True)
+        saved: list[int] = []
+        config = TrainConfig(**{**SFT_CONFIG, "checkpoint_interval_seconds": interval})
+        data = write_jsonl(where / "train.jsonl", sft_rows(12))
+        assert (
+            train_files(config, tiny_model, data, where / "out", on_checkpoint=lambda s, _: saved.append(s)).status == "succeeded"
+        )
+        return saved
+
+    assert checkpointed(None, tmp_path / "epochs") == [3, 6], "two epochs of three steps"
+    assert checkpointed(1e-9, tmp_path / "clock") == [1, 2, 3, 4, 5, 6], "due after every step"
+
+
 def test_cancel_stops_without_a_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
     saved: list[int] = []
     stop = lambda: "cancel"  # noqa: E731

@@ -301,6 +301,25 @@ def test_killed_worker_job_resumes_on_another_worker(stack: dict[str, Any]) -> N
     assert resumed and int(resumed[-1].rsplit(" ", 1)[-1]) >= 40
 
 
+def test_a_worker_killed_before_the_first_checkpoint_says_the_job_restarts(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    # One long epoch (300 steps): the worker dies well before its end, the first checkpoint.
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload(client, chat_file(300)),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
+    )
+    wait_for(lambda: metrics_steps(client, job.id), 90, "training to start", stack)
+    assert not client.fine_tuning.jobs.checkpoints.list(job.id).data
+    stack["worker"].kill()
+    stack["worker"] = TailorWorker(stack["env"], stack["root"] / "worker-3", "worker-3")
+    done = wait_status(stack, job.id, {"succeeded", "failed"}, timeout=300)
+    assert done.status == "succeeded", done.error
+    said = [e for e in events(client, job.id) if "before the job's first checkpoint" in e.message]
+    assert len(said) == 1 and said[0].level == "warn", said
+    assert not any(e.message.startswith("Resuming from checkpoint") for e in events(client, job.id))
+
+
 def test_dpo_job_trains_to_succeeded(stack: dict[str, Any]) -> None:
     client = stack["client"]
     rows = [

@@ -159,7 +159,13 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
 
     model_path = materialize(spec.base_model, Path(spec.model_cache_dir))
     config = TrainConfig.from_job(
-        spec.method_type, spec.hyperparameters, spec.lora, seed=spec.seed, device=device or spec.device, **spec.options
+        spec.method_type,
+        spec.hyperparameters,
+        spec.lora,
+        seed=spec.seed,
+        device=device or spec.device,
+        checkpoint_interval_seconds=spec.checkpoint_interval_seconds,
+        **spec.options,
     )
     tokenizer = load_tokenizer(model_path)
     max_len = min(spec.base_model.context_length or 2048, context_length(model_path))

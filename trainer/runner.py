@@ -135,6 +135,14 @@ class JobRun:
                 )
             ).scalar_one_or_none()
             resume_dir = None
+            if checkpoint is None and job.status == lc.RUNNING:
+                lc.add_event(
+                    session,
+                    job.id,
+                    "The previous worker stopped before the job's first checkpoint; training restarts from the beginning.",
+                    level="warn",
+                )
+                await session.commit()
             if checkpoint is not None:
                 resume_dir = self.workdir / "resume"
                 await asyncio.to_thread(self.w.store.download_prefix, checkpoint.storage_key, resume_dir)
@@ -157,6 +165,7 @@ class JobRun:
                 resume_dir=str(resume_dir) if resume_dir else None,
                 options=dict(extra.get("training") or {}),
                 processes=self.w.settings.train_processes,
+                checkpoint_interval_seconds=self.w.settings.checkpoint_interval_seconds or None,
             )
 
     async def _supervise(self, spec: JobSpec) -> Outcome:

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         60, ge=5, description="A running job whose worker has not renewed its lease for this long is requeued."
     )
+    checkpoint_interval_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="A job checkpoints at least this often besides every epoch, so a crash loses no more; 0: epochs only.",
+    )
     device: str = Field("auto", description="Training device: auto, cpu, cuda, cuda:N.")
     train_processes: int | None = Field(
         None,

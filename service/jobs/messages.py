@@ -42,6 +42,8 @@ class JobSpec:
     options: dict[str, Any] = field(default_factory=dict)
     # Processes that train the job data-parallel; None: the child decides (trainer/child.py).
     processes: int | None = None
+    # Checkpoint at least this often besides every epoch (TAILOR_CHECKPOINT_INTERVAL_SECONDS).
+    checkpoint_interval_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (a data-parallel follower gets its spec on the command line)."""

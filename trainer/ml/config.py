@@ -62,6 +62,9 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.03, metadata=_help("Fraction of steps with a linear learning-rate warmup."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay on the adapter."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm; 0 disables clipping."))
+    checkpoint_interval_seconds: float | None = field(
+        default=None, metadata=_help("Also checkpoint after the first step this long after the last checkpoint.")
+    )
 
     @classmethod
     def from_job(

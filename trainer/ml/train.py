@@ -11,6 +11,7 @@ resumes exactly where it stopped.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class _Run:
         warmup = math.ceil(self.r.total_steps * config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(warmup, self.r.total_steps))
         self.step, self.tokens, self.saved_step = 0, 0, -1
+        self.saved_at = time.monotonic()  # the clock of `checkpoint_interval_seconds`
         # DPO reference log-probs per example: the base model never changes, so each is
         # computed once (adapter disabled) and reused in later epochs.
         self.ref_cache: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}}
@@ -259,10 +261,16 @@ class _Run:
         if self.group.main and (self.saved_step != self.step or not directory.exists()):
             state = ckpt.TrainingState(step=self.step, trained_tokens=self.tokens, fingerprint=self.fingerprint())
             ckpt.save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state)
-            self.saved_step = self.step
+            self.saved_step, self.saved_at = self.step, time.monotonic()
             if self.hooks.on_checkpoint:
                 self.hooks.on_checkpoint(self.step, directory)
         return directory
+
+    def _checkpoint_is_due(self) -> bool:
+        """A crash never loses more than `checkpoint_interval_seconds` of training (only the
+        main process of a data-parallel job saves, so the others' clocks do not matter)."""
+        interval = self.config.checkpoint_interval_seconds
+        return interval is not None and interval > 0 and time.monotonic() - self.saved_at >= interval
 
     def _result(
         self,
@@ -302,7 +310,7 @@ class _Run:
             metrics = self._metrics(measured, lr)
             if self.hooks.on_step:
                 self.hooks.on_step(metrics)
-            if self.step % self.r.steps_per_epoch == 0:
+            if self.step % self.r.steps_per_epoch == 0 or self._checkpoint_is_due():
                 self.checkpoint()
         full: tuple[float | None, float | None] = (None, None)
         if metrics is not None:
@@ -331,7 +339,7 @@ def train(
     """Train a LoRA adapter on `model_path` (a materialized HF directory).
 
     `on_step` gets every step's metrics; `on_checkpoint(step, dir)` each saved checkpoint
-    (end of every epoch, and on pause); `should_stop` is polled before every step and
+    (end of every epoch, on pause, and every `checkpoint_interval_seconds`); `should_stop` is polled before every step and
     between micro-batches: "cancel" returns at once, "pause" saves a checkpoint first.
     `resume_from` is a checkpoint directory of the same run. `base_model`: an already
     loaded model to use instead of loading `model_path` (benchmarks with random weights)."""
