@@ -199,6 +199,12 @@ def test_api_killed_mid_upload_then_the_janitor_leaves_nothing(
     assert run_db(database_url, lambda s: _upload_state(s, upload_id)) == ("expired", 0)
 
 
+def _tracebacks(server: TailorServer) -> str:
+    lines = server.log_path.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    return "\n".join("\n".join(lines[i : i + 60]) for i in starts[:2])
+
+
 async def _upload_state(session: AsyncSession, upload_id: str) -> tuple[str, int]:
     upload = await session.get(Upload, upload_id)
     assert upload is not None
@@ -279,7 +285,7 @@ def test_postgres_restarted_under_traffic_gives_brief_503s_and_loses_nothing(
                 sender.join(30)
             statuses = sorted({s[1] for s in seen})
             assert 503 in statuses, f"the outage was never seen: {statuses}"
-            assert set(statuses) <= {200, 503}, [s for s in seen if s[1] not in (200, 503)][:5]
+            assert set(statuses) <= {200, 503}, ([s for s in seen if s[1] not in (200, 503)][:5], _tracebacks(server))
             for what, status, body, retry_after in seen:
                 if status == 503:
                     assert_error_envelope(body, 503)

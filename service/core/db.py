@@ -50,13 +50,20 @@ def make_engine(url: str) -> AsyncEngine:
 def database_failure(exc: SQLAlchemyError) -> ApiError | None:
     """What to answer for a database error that is not a bug: a value the database cannot
     hold (PostgreSQL's SQLSTATE class 22, "data exception") is the caller's 400, and a lost
-    or refused connection, a locked SQLite file or an exhausted pool is a 503 to retry."""
+    or refused connection, a restarting server, a locked SQLite file or an exhausted pool is
+    a 503 to retry."""
     if isinstance(exc, DBAPIError):
         sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
         if sqlstate.startswith("22"):
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
             return InvalidRequest(f"A value in the request cannot be stored: {reason}.")
-        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        # Lost, refused or restarting (classes 08 and 57: "shutting down", "starting up"), out
+        # of connections (53), or a transaction the database gave up on (40): worth a retry.
+        if (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or sqlstate[:2] in ("08", "40", "53", "57")
+        ):
             return BackendUnavailable("The database is unavailable. Try again shortly.")
     if isinstance(exc, PoolTimeout):
         return BackendUnavailable("The database is busy: no connection was free in time. Try again shortly.")
