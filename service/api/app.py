@@ -41,7 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     url = settings.resolved_database_url
     if settings.migrate_on_start:
         await run_migrations_async(url)
-    engine = make_engine(url)
+    engine = make_engine(url, settings.database_pool_size, settings.database_max_overflow)
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.store = open_store(
         settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"],
         )
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics, limiter=limiter)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics, limiter=limiter, admitted=settings.max_concurrent_requests)
     for router in (files_router, uploads_router, fine_tuning_router, models_router, chat_router):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)

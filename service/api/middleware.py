@@ -13,6 +13,7 @@ one layer rather than four, since each layer costs a relayed chat answer its sha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -37,10 +38,15 @@ _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics, limiter: RateLimiter | None = None):
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, limiter: RateLimiter | None = None, admitted: int = 0):
         self.app = app
         self.metrics = metrics
         self.limiter = limiter
+        # At most `admitted` reads and deletes run at once; the rest wait their turn in arrival
+        # order (asyncio.Semaphore is fair). An event loop running 100 requests at once lets
+        # some of them wait 20 times longer than the median (bench/README.md, "Control-plane
+        # load"). 0: no bound.
+        self.admission = asyncio.Semaphore(admitted) if admitted else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,8 +81,11 @@ class RequestMiddleware:
                     await _too_many(limited)(scope, receive, send_with_id)
                 elif (refusal := _refuse_nul_in_url(scope)) is not None:
                     await refusal(scope, receive, send_with_id)
-                else:
+                elif self.admission is None or not _bounded(scope):
                     await self.app(scope, receive, send_with_id)
+                else:
+                    async with self.admission:
+                        await self.app(scope, receive, send_with_id)
             except Exception:
                 log.exception("unhandled error in request %s", request_id)
                 if started:
@@ -89,6 +98,13 @@ class RequestMiddleware:
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(scope, status, seconds)
             request_state_var.reset(token)
+
+
+def _bounded(scope: Scope) -> bool:
+    """Whether a request waits for admission: short reads and deletes. Not chat (relayed and
+    streamed as long as generation takes), uploads or file downloads (as long as the bytes
+    take): a few of those must never hold the rest of the API back."""
+    return scope["method"] in ("GET", "DELETE") and not scope["path"].endswith("/content")
 
 
 def _too_many(decision: rate_limit.Decision) -> JSONResponse:

@@ -29,26 +29,53 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    envvar="TAILOR_SERVE_WORKERS",
+    help="API processes sharing the port (about one per core); each keeps its own caches and /metrics.",
+)
 @click.option("--log-level", default="info", show_default=True)
-def serve(host: str, port: int, log_level: str) -> None:
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
     """Run the API server (migrations are applied at start)."""
-    import uvicorn
+    import os
 
-    from service.api.app import create_app
+    import uvicorn
 
     setup_logging(log_level)
     # log_config=None: uvicorn adds no handlers of its own, so its lines go through the root
     # handler set up above, in the same format. access_log=False: the app writes its own
     # access line, after the response (service/api/middleware.py says why).
-    uvicorn.run(
-        create_app(get_settings()),
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    options = {"host": host, "port": port, "log_level": log_level, "log_config": None, "access_log": False}
+    if workers == 1:
+        from service.api.app import create_app
+
+        uvicorn.run(create_app(get_settings()), timeout_graceful_shutdown=10, **options)  # type: ignore[arg-type]
+        return
+    settings = get_settings()
+    if settings.migrate_on_start:
+        from service.core.db import run_migrations
+
+        run_migrations(settings.resolved_database_url)  # once, before the processes race to
+    os.environ["TAILOR_MIGRATE_ON_START"] = "false"
+    os.environ[_WORKER_LOG_LEVEL] = log_level
+    uvicorn.run("service.cli:worker_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+
+
+# How `tailor serve --workers N` tells its processes (started afresh by uvicorn) the log level.
+_WORKER_LOG_LEVEL = "_TAILOR_SERVE_LOG_LEVEL"
+
+
+def worker_app() -> object:
+    """The app of one `tailor serve --workers N` process: logging as in the parent, then the app."""
+    import os
+
+    from service.api.app import create_app
+
+    setup_logging(os.environ.get(_WORKER_LOG_LEVEL, "info"))
+    return create_app(get_settings())
 
 
 @main.command()

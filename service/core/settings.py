@@ -29,6 +29,18 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db. Default: SQLite in data_dir."
     )
     storage_url: str | None = Field(None, description="file:///path or s3://bucket/prefix. Default: file://{data_dir}/objects.")
+    max_concurrent_requests: int = Field(
+        16,
+        ge=0,
+        description="Reads and deletes one API process runs at once; more wait in arrival order (0: no bound). "
+        "Chat, uploads and file downloads are never held back.",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, description="Database connections each API process keeps open (a request holds one while it runs)."
+    )
+    database_max_overflow: int = Field(
+        20, ge=0, description="More connections an API process may open under load, closed when idle again."
+    )
     migrate_on_start: bool = Field(
         True, description="Apply database migrations when serve or worker starts; clusters run `tailor migrate` once instead."
     )
