@@ -205,11 +205,7 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key (by the id `tailor keys list` shows); every API replica stops accepting it at once."""
     from service.api.auth import revoke_key
 
-    settings = get_settings()
-    key_hash = asyncio.run(_with_session(settings, lambda session: revoke_key(session, key_id)))
-    if key_hash is None:
-        raise click.ClickException(f"no key with id {key_id} (see `tailor keys list`)")
-    _announce_revocation(settings, key_hash)
+    _announce_revocation(_on_key(key_id, lambda session: revoke_key(session, key_id)))
     click.echo(f"revoked {key_id}")
 
 
@@ -219,22 +215,26 @@ def keys_rotate(key_id: str) -> None:
     """Revoke a key and print a new one for the same project (shown only once)."""
     from service.api.auth import rotate_key
 
-    settings = get_settings()
-    rotated = asyncio.run(_with_session(settings, lambda session: rotate_key(session, key_id)))
-    if rotated is None:
-        raise click.ClickException(f"no key with id {key_id} (see `tailor keys list`)")
-    key, old_hash = rotated
-    _announce_revocation(settings, old_hash)
+    key, old_hash = _on_key(key_id, lambda session: rotate_key(session, key_id))
+    _announce_revocation(old_hash)
     click.echo(key)
 
 
-def _announce_revocation(settings: Settings, key_hash: str) -> None:
+def _on_key(key_id: str, work: Callable[[AsyncSession], Awaitable[T | None]]) -> T:
+    """`work` on the key with id `key_id`, which returns None when there is no such key."""
+    done = asyncio.run(_with_session(get_settings(), work))
+    if done is None:
+        raise click.ClickException(f"no key with id {key_id} (see `tailor keys list`)")
+    return done
+
+
+def _announce_revocation(key_hash: str) -> None:
     from redis.exceptions import RedisError
 
     from service.api.revocations import publish_revocations
 
     try:
-        asyncio.run(publish_revocations(settings.redis_url, [key_hash]))
+        asyncio.run(publish_revocations(get_settings().redis_url, [key_hash]))
     except (RedisError, OSError) as exc:
         click.echo(f"warning: Redis is unavailable ({exc}); API replicas stop accepting the key within 5 s", err=True)
 
