@@ -126,6 +126,10 @@ class Run:
         return self.tokens / self.seconds
 
 
+class StreamFailed(Exception):
+    pass
+
+
 async def stream_one(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, run: Run) -> None:
     body = {
         "model": model,
@@ -144,6 +148,8 @@ async def stream_one(client: httpx.AsyncClient, url: str, model: str, max_tokens
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # how a failure mid-stream arrives (the status was 200 already)
+                raise StreamFailed(chunk["error"].get("message", "error event"))
             if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - started
             if chunk.get("usage"):
