@@ -19,7 +19,7 @@ import pg_private
 import pytest
 import redis
 from arq.constants import job_key_prefix
-from conftest import TailorServer, _spawn, _wait_until, free_port, running_server, stop_process
+from conftest import TailorServer, _spawn, _wait_until, free_port, fresh_database_url, running_server, stop_process
 from helpers_db import run_db
 from spec import assert_error_envelope
 from sqlalchemy import func, select, update
@@ -139,14 +139,22 @@ def _post_big_file(url: str, key: str, data: bytes) -> None:
         pass  # the server was killed under it: that is the point
 
 
+@pytest.fixture
+def own_database_url(tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: the janitor sweeps every project's expired uploads, and
+    the session's database holds other tests' (the counts below would depend on the order)."""
+    with fresh_database_url(tmp_path / "db") as url:
+        yield url
+
+
 def test_api_killed_mid_upload_then_the_janitor_leaves_nothing(
-    database_url: str, queue_name: str, redis_url: str, tmp_path: Path
+    own_database_url: str, queue_name: str, redis_url: str, tmp_path: Path
 ) -> None:
     store, scratch = (tmp_path / "objects").resolve(), (tmp_path / "tmp").resolve()
     store.mkdir()
     scratch.mkdir()
     env = {
-        "TAILOR_DATABASE_URL": database_url,
+        "TAILOR_DATABASE_URL": own_database_url,
         "TAILOR_REDIS_URL": redis_url,
         "TAILOR_QUEUE_NAME": queue_name,
         "TAILOR_STORAGE_URL": store.as_uri(),
@@ -161,7 +169,7 @@ def test_api_killed_mid_upload_then_the_janitor_leaves_nothing(
             upload_id = http.post("/v1/uploads", json=upload).json()["id"]
             assert http.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("p", LINE)}).status_code == 200
         # An hour on: the file and the upload have expired (set in the rows rather than waited for).
-        run_db(database_url, lambda s: _expire(s, expiring["id"], upload_id))
+        run_db(own_database_url, lambda s: _expire(s, expiring["id"], upload_id))
 
         big = LINE * (60 * 1024 * 1024 // len(LINE))
         sender = threading.Thread(target=_post_big_file, args=(server.root_url, key, big))
@@ -196,7 +204,7 @@ def test_api_killed_mid_upload_then_the_janitor_leaves_nothing(
         with httpx.Client(base_url=again.root_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
             assert http.get(f"/v1/files/{kept['id']}/content").content == LINE
             assert [f["id"] for f in http.get("/v1/files").json()["data"]] == [kept["id"]]
-    assert run_db(database_url, lambda s: _upload_state(s, upload_id)) == ("expired", 0)
+    assert run_db(own_database_url, lambda s: _upload_state(s, upload_id)) == ("expired", 0)
 
 
 def _tracebacks(server: TailorServer) -> str:
@@ -219,13 +227,14 @@ async def _expire(session: AsyncSession, file_id: str, upload_id: str) -> None:
     await session.commit()
 
 
-def test_the_api_sweeps_on_its_own(server_env: dict[str, str], tmp_path: Path) -> None:
+def test_the_api_sweeps_on_its_own(server_env: dict[str, str], own_database_url: str, tmp_path: Path) -> None:
     store = (tmp_path / "objects").resolve()
     orphan = store / "files" / "proj_gone" / "file-orphan"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(LINE)
     env = {
         **server_env,
+        "TAILOR_DATABASE_URL": own_database_url,
         "TAILOR_STORAGE_URL": store.as_uri(),
         "TAILOR_JANITOR_INTERVAL_SECONDS": "0.5",
         "TAILOR_JANITOR_GRACE_SECONDS": "0",
