@@ -20,7 +20,7 @@ from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 from service.core.errors import ApiError
 from service.core.registry import load_registry
 from service.core.settings import Settings, get_settings
-from service.core.storage import open_store
+from service.core.storage import open_configured_store
 from service.jobs.queue import TRAIN_FUNCTION, WorkQueue, dumps, redis_settings
 from service.jobs.requeue import requeue_lost_jobs, requeue_unfinished_jobs
 from trainer.context import WorkerContext
@@ -63,9 +63,7 @@ def build_worker(settings: Settings, worker_id: str | None = None, max_jobs: int
             settings=settings,
             worker_id=worker_id,
             sessionmaker=make_sessionmaker(engine),
-            store=open_store(
-                settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-            ),
+            store=open_configured_store(settings),
             queue=WorkQueue(settings.redis_url, settings.queue_name),
             base_models=load_registry(settings.base_models_file),
         )

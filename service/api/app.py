@@ -28,7 +28,7 @@ from service.api.revocations import follow_revocations
 from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 from service.core.registry import load_registry
 from service.core.settings import Settings, get_settings
-from service.core.storage import open_store
+from service.core.storage import open_configured_store
 from service.jobs.queue import WorkQueue
 from service.jobs.requeue import reconcile_forever
 
@@ -43,9 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_migrations_async(url)
     engine = make_engine(url, settings.database_pool_size, settings.database_max_overflow)
     app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.store = open_store(
-        settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
+    app.state.store = open_configured_store(settings)
     app.state.base_models = load_registry(settings.base_models_file)
     app.state.queue = WorkQueue(settings.redis_url, settings.queue_name, settings.worker_pools, connect_retries=0)
     app.state.inference = open_gateway(settings, app.state.base_models)

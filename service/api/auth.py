@@ -69,28 +69,33 @@ async def list_keys(session: AsyncSession, project_name: str | None = None) -> l
     ]
 
 
+async def _marked_revoked(session: AsyncSession, key_id: str) -> ApiKey | None:
+    """The key with id `key_id`, marked revoked (uncommitted; a second revoke keeps the first
+    time); None when there is no such key."""
+    key = await session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = now()
+    return key
+
+
 async def revoke_key(session: AsyncSession, key_id: str) -> str | None:
     """Revoke the key with id `key_id`; returns its hash (to tell the replicas), None when
-    there is no such key. Revoking twice keeps the first time."""
-    key = await session.get(ApiKey, key_id)
+    there is no such key."""
+    key = await _marked_revoked(session, key_id)
     if key is None:
         return None
-    if key.revoked_at is None:
-        key.revoked_at = now()
-        await session.commit()
+    await session.commit()
     return key.key_hash
 
 
 async def rotate_key(session: AsyncSession, key_id: str) -> tuple[str, str] | None:
     """A new key for the project of `key_id`, which is revoked in the same transaction;
     returns (new key, old key's hash), None when there is no such key."""
-    old = await session.get(ApiKey, key_id)
+    old = await _marked_revoked(session, key_id)
     if old is None:
         return None
     project = await session.get(Project, old.project_id)
     assert project is not None, "a key belongs to a project"
-    if old.revoked_at is None:
-        old.revoked_at = now()
     key, _ = await create_key(session, project.name)  # commits both
     return key, old.key_hash
 
@@ -102,12 +107,8 @@ async def rotate_key(session: AsyncSession, key_id: str) -> tuple[str, str] | No
 _verified: TtlCache[str, Principal] = TtlCache(ttl=5.0)
 
 
-def forget_key(key_hash: str) -> None:
-    _verified.discard(lambda cached: cached == key_hash)
-
-
-def forget_all_keys() -> None:
-    _verified.discard(lambda _: True)
+forget_key = _verified.drop  # a revoked key's hash, heard from revocations.py
+forget_all_keys = _verified.clear
 
 
 def _bearer_token(request: Request) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.api import auth, lookups
@@ -63,16 +63,6 @@ async def _principal(request: Request, session: SessionDep) -> auth.Principal:
 
 
 PrincipalDep = Annotated[auth.Principal, Depends(_principal)]
-# Read by service/api/idempotency.py from the request; declared so the document shows it.
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Send the same key again to get the first answer instead of a second object (kept 24 hours).",
-    ),
-]
 
 
 async def _owned_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> File:

@@ -31,10 +31,17 @@ def holds_nul(value: Any) -> bool:
     return False
 
 
+def _refuse_nul(value: Any) -> Any:
+    if holds_nul(value):
+        raise PydanticCustomError("string_nul", NUL_MESSAGE)
+    return value
+
+
 class RequestBody(BaseModel):
-    """Base of every JSON request body: strict types (`true` is not 1, "3" is not 3), unknown fields, NaN and infinities (Python's JSON
-    parser reads `1e400` as infinity) and NUL characters (PostgreSQL cannot store them) are
-    refused as 400s naming the field, before anything reaches the database."""
+    """Base of every JSON request body: strict types (`true` is not 1, "3" is not 3), unknown
+    fields, NaN and infinities (Python's JSON parser reads `1e400` as infinity) and NUL
+    characters (PostgreSQL cannot store them) are refused as 400s naming the field, before
+    anything reaches the database."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
@@ -42,16 +49,8 @@ class RequestBody(BaseModel):
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         # Nested models ran this on their own fields already; only plain values are walked.
-        if not isinstance(value, BaseModel) and holds_nul(value):
-            raise PydanticCustomError("string_nul", NUL_MESSAGE)
-        return value
-
-
-def _nul_free(value: str) -> str:
-    if "\x00" in value:
-        raise PydanticCustomError("string_nul", NUL_MESSAGE)
-    return value
+        return value if isinstance(value, BaseModel) else _refuse_nul(value)
 
 
 # For a string field of a body that is not a RequestBody (the chat bodies, relayed to vLLM as sent).
-NulFreeStr = Annotated[str, AfterValidator(_nul_free)]
+NulFreeStr = Annotated[str, AfterValidator(_refuse_nul)]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import delete
@@ -30,7 +30,18 @@ from service.core.tables import IdempotencyKey
 
 HEADER = "idempotency-key"
 KEEP_SECONDS = 24 * 3600
-MAX_KEY_CHARS = 255
+
+# The header as the creating routes declare it: FastAPI checks its length (a 400 naming it)
+# and the OpenAPI document shows it.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Send the same key again to get the first answer instead of a second object (kept 24 hours).",
+    ),
+]
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -43,27 +54,20 @@ def fingerprint(request: Request, *parts: object) -> str:
     return digest.hexdigest()
 
 
-def _key_of(request: Request) -> str | None:
-    key = request.headers.get(HEADER)
-    if key is None:
-        return None
-    if not key.strip() or len(key) > MAX_KEY_CHARS:
-        raise InvalidRequest(f"The Idempotency-Key header must hold 1 to {MAX_KEY_CHARS} characters.", param=HEADER)
-    return key
-
-
 async def once(
     request: Request,
     session: AsyncSession,
     principal: Principal,
-    request_fingerprint: str,
+    key: str | None,
     create: Callable[[], Awaitable[Answer]],
+    *same_request: object,
 ) -> Answer | JSONResponse:
-    """Run `create` unless this project already ran it under the request's Idempotency-Key."""
-    key = _key_of(request)
+    """Run `create` unless this project already ran it under Idempotency-Key `key` (the
+    route's `IdempotencyKeyHeader`); `same_request`: what, with the method and path, makes
+    a retry the same request (the JSON body; a file's name, purpose and size)."""
     if key is None:
         return await create()
-    if (answered := await _claim(session, principal.project_id, key, request_fingerprint)) is not None:
+    if (answered := await _claim(session, principal.project_id, key, fingerprint(request, *same_request))) is not None:
         return answered
     try:
         answer = await create()

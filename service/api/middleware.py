@@ -2,8 +2,9 @@
 
 It gives the request its id (`x-request-id`, the client's own if it sent one), binds the
 request's state to the log context so every line logged meanwhile carries that id, refuses
-a NUL character in the URL (400) and a key over its rate limit (429, rate_limit.py), turns a crash into a 500 in the OpenAI envelope, times the request for Prometheus by route
-template, and writes the access line once the response has been sent (Tailor's own `tailor.access`
+a NUL character in the URL (400) and a key over its rate limit (429, rate_limit.py), holds
+reads and deletes for an admission slot, turns a crash into a 500 in the OpenAI envelope,
+times the request for Prometheus by route template, and writes the access line once the response has been sent (Tailor's own `tailor.access`
 line: uvicorn's is written before the answer goes out, which delays every answer), with
 any secret sent in the query string (`?api_key=`) redacted.
 

@@ -66,6 +66,12 @@ class TtlCache(Generic[K, V]):
             self._entries.clear()
         self._entries[key] = (value, time.monotonic() + self.ttl)
 
+    def drop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
     def discard(self, where: Callable[[K], bool]) -> None:
         """Drop every entry whose key `where` accepts."""
         for key in [k for k in self._entries if where(k)]:

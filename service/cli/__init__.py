@@ -123,10 +123,10 @@ def inference(models: tuple[str, ...], log_level: str) -> None:
 def janitor(grace_seconds: float | None) -> None:
     """Remove expired files and uploads, orphaned objects and stale scratch files once (`tailor serve` does it every few minutes)."""
     from service.api.files.janitor import sweep
-    from service.core.storage import open_store
+    from service.core.storage import open_configured_store
 
     settings = get_settings()
-    store = open_store(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
+    store = open_configured_store(settings)
     grace = settings.janitor_grace_seconds if grace_seconds is None else grace_seconds
 
     async def run(sessionmaker: async_sessionmaker[AsyncSession]) -> str:

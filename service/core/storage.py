@@ -14,7 +14,11 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from service.core.settings import Settings
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -248,6 +252,11 @@ class S3ObjectStore(ObjectStore):
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise
+
+
+def open_configured_store(settings: Settings) -> ObjectStore:
+    """The store the settings name (TAILOR_STORAGE_URL, TAILOR_S3_ENDPOINT_URL, TAILOR_S3_REGION)."""
+    return open_store(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
 
 
 def open_store(url: str, *, s3_endpoint_url: str | None = None, s3_region: str | None = None) -> ObjectStore:

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api import idempotency
-from service.api.deps import IdempotencyKeyHeader, OwnedFileDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from service.api.deps import OwnedFileDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import error_responses
 from service.api.files import service
 from service.api.files.multipart import BINARY, multipart_openapi, receive_file
 from service.api.files.schemas import PURPOSES, FileDeleted, FileList, FileObject
-from service.api.idempotency import fingerprint
+from service.api.idempotency import IdempotencyKeyHeader
 from service.core.errors import NotFound
 from service.core.storage import ObjectNotFound
 
@@ -64,10 +64,8 @@ async def create_file(
             return FileObject.of(row)
 
         # The file's name, purpose, size and expiry say whether a retry is the same request.
-        same = fingerprint(
-            request, received.filename, received.purpose, received.path.stat().st_size, received.expires_after_seconds
-        )
-        return await idempotency.once(request, session, principal, same, create)
+        same = (received.filename, received.purpose, received.path.stat().st_size, received.expires_after_seconds)
+        return await idempotency.once(request, session, principal, idempotency_key, create, *same)
 
 
 @router.get("/files", response_model=FileList)

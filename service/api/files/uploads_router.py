@@ -6,13 +6,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api import idempotency
-from service.api.deps import IdempotencyKeyHeader, OwnedUploadDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from service.api.deps import OwnedUploadDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import error_responses
 from service.api.files import uploads
 from service.api.files.multipart import BINARY, multipart_openapi, spool_form_file
 from service.api.files.schemas import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 from service.api.files.uploads import effective_status
-from service.api.idempotency import fingerprint
+from service.api.idempotency import IdempotencyKeyHeader
 
 router = APIRouter(tags=["Uploads"], responses=error_responses(400, 401, 404, 503))
 
@@ -32,7 +32,7 @@ async def create_upload(
         row = await uploads.create_upload(session, principal, body, settings)
         return UploadObject.of(row, effective_status(row))
 
-    return await idempotency.once(request, session, principal, fingerprint(request, await request.body()), create)
+    return await idempotency.once(request, session, principal, idempotency_key, create, await request.body())
 
 
 @router.post(

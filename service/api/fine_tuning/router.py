@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from service.api import idempotency
-from service.api.deps import BaseModelsDep, IdempotencyKeyHeader, OwnedJobDep, PrincipalDep, QueueDep, SessionDep
+from service.api.deps import BaseModelsDep, OwnedJobDep, PrincipalDep, QueueDep, SessionDep
 from service.api.errors import error_responses
 from service.api.fine_tuning import service
 from service.api.fine_tuning.schemas import (
@@ -18,7 +18,7 @@ from service.api.fine_tuning.schemas import (
     FineTuningJobList,
     FineTuningJobObject,
 )
-from service.api.idempotency import fingerprint
+from service.api.idempotency import IdempotencyKeyHeader
 from service.jobs import lifecycle as lc
 from service.jobs.control import control_job
 
@@ -48,7 +48,7 @@ async def create_job(
     async def create() -> FineTuningJobObject:
         return FineTuningJobObject.of(await service.create_job(session, queue, principal, body, base_models))
 
-    return await idempotency.once(request, session, principal, fingerprint(request, await request.body()), create)
+    return await idempotency.once(request, session, principal, idempotency_key, create, await request.body())
 
 
 @router.get("/jobs", response_model=FineTuningJobList)
