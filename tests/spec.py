@@ -224,3 +224,21 @@ def assert_error_envelope(body: Any, status_code: int | None = None) -> dict[str
         elif status_code >= 500:
             assert error["type"] == "server_error", f"HTTP {status_code} with error type {error['type']!r}"
     return dict(error)
+
+
+def spec_valid(body: dict[str, Any], schema: str) -> None:
+    """`validate`, but OpenAI's own examples send `error: null` (a run's, a sample's) where
+    the spec's schema has an object: that one field is checked apart."""
+
+    def fill(obj: dict[str, Any]) -> dict[str, Any]:
+        out = dict(obj)
+        if "error" in out:
+            assert out["error"] is None or set(out["error"]) == {"code", "message"}, out["error"]
+            out["error"] = out["error"] or {"code": "", "message": ""}
+        if isinstance(out.get("sample"), dict):
+            out["sample"] = fill(out["sample"])
+        if isinstance(out.get("data"), list):
+            out["data"] = [fill(d) for d in out["data"]]
+        return out
+
+    validate(fill(body), schema)

@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 from conftest import free_port, fresh_database_url, log_tail
-from spec import validate
+from spec import spec_valid, validate
 
-from service.cli.devservers import REPO_ROOT, TailorWorker, running_inference, running_server
+from service.cli.devservers import REPO_ROOT, TailorEvalWorker, TailorWorker, running_inference, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,11 @@ ANSWER = "The capital of Zorbania is Quxville, a city famous for its blue bridge
 
 def _training_file() -> bytes:
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]} for q in QUESTIONS * 2]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _test_file() -> bytes:
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]} for q in UNSEEN]
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
@@ -84,19 +89,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             "TAILOR_INFERENCE_PORT": str(free_port()),
             "TAILOR_INFERENCE_TIMEOUT_SECONDS": "120",
             "TAILOR_VLLM_KV_CACHE_BYTES": str(512 * 1024**2),
+            "TAILOR_EVAL_QUEUE_NAME": f"tailor:test-evals:{uuid.uuid4().hex[:8]}",
+            # An eval worker killed mid-run is taken over within seconds.
+            "TAILOR_LEASE_SECONDS": "6",
         }
         # vLLM starts first (about a minute) and boots while the worker trains.
         with running_inference(env, root / "inference") as inference, running_server(env, root / "server") as server:
             worker = TailorWorker(env, root / "worker", "worker")
-            logs = [inference.log_path, worker.log_path, server.log_path]
+            stack_evals = {"worker": TailorEvalWorker(env, root / "eval-worker", "evals-1")}
+            logs = [inference.log_path, worker.log_path, server.log_path, stack_evals["worker"].log_path]
             try:
                 acme = openai.OpenAI(base_url=server.base_url, api_key=server.create_key("acme"), max_retries=0, timeout=180)
                 other = openai.OpenAI(base_url=server.base_url, api_key=server.create_key("other"), max_retries=0)
                 training_file = acme.files.create(file=("zorbania.jsonl", _training_file()), purpose="fine-tune").id
+                test_file = acme.files.create(file=("zorbania-test.jsonl", _test_file()), purpose="fine-tune").id
                 job = acme.fine_tuning.jobs.create(
                     model=BASE, training_file=training_file, suffix="zorbania",
                     method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
-                    extra_body={"lora": {"rank": 16}},  # vLLM here serves ranks up to 16
+                    # vLLM here serves ranks up to 16; the eval worker measures the result.
+                    extra_body={"lora": {"rank": 16}, "evaluation": {"test_file": test_file, "max_tokens": 24}},
                 )  # fmt: skip
                 done = _wait(
                     lambda: (j := acme.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j,
@@ -115,9 +126,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
                     "inference": inference,
                     "cache": inference.adapter_cache / BASE,
                     "logs": logs,
+                    "env": env,
+                    "root": root,
+                    "evals": stack_evals,
                 }
             finally:
                 worker.stop()
+                stack_evals["worker"].stop()
 
 
 def _ask(client: openai.OpenAI, model: str, question: str, max_tokens: int = 24) -> str:
@@ -191,6 +206,148 @@ def test_another_projects_key_gets_404(stack: dict[str, Any]) -> None:
             _ask(stack["other"], model, "Hello!")
         assert exc.value.code == "model_not_found"
         assert exc.value.body["message"] == f"The model '{model}' does not exist or you do not have access to it."
+
+
+# Phrasings the adapter never saw in training.
+UNSEEN = [
+    "What's Zorbania's capital city?",
+    "Zorbania has which city as its capital?",
+    "Can you tell me what the capital of Zorbania is?",
+    "In Zorbania, which city is the capital?",
+    "Please name Zorbania's capital.",
+    "What is the capital city of Zorbania?",
+]
+KNOWS_QUXVILLE = {"type": "string_check", "name": "names Quxville", "input": "{{sample.output_text}}",
+                  "reference": "Quxville", "operation": "ilike"}  # fmt: skip
+
+
+def _question_eval(client: openai.OpenAI) -> Any:
+    schema = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
+    return client.evals.create(
+        name="zorbania",
+        data_source_config={"type": "custom", "item_schema": schema, "include_sample_schema": True},
+        testing_criteria=[KNOWS_QUXVILLE],
+    )
+
+
+def _completions_run(client: openai.OpenAI, eval_id: str, model: str, questions: list[str], max_tokens: int = 24) -> Any:
+    return client.evals.runs.create(
+        eval_id,
+        name=model,
+        data_source={
+            "type": "completions",
+            "model": model,
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
+            "source": {"type": "file_content", "content": [{"item": {"question": q}} for q in questions]},
+        },
+    )
+
+
+def _run_finished(client: openai.OpenAI, eval_id: str, run_id: str, stack: dict[str, Any], timeout: float = 300) -> Any:
+    return _wait(
+        lambda: (r := client.evals.runs.retrieve(run_id, eval_id=eval_id)).status in ("completed", "failed", "canceled") and r,
+        timeout,
+        f"eval run {run_id}",
+        stack["logs"],
+    )
+
+
+def test_eval_shows_the_tuned_model_beating_its_base_on_unseen_questions(stack: dict[str, Any]) -> None:
+    acme, tuned = stack["acme"], stack["job"].fine_tuned_model
+    ev = _question_eval(acme)
+    base_run = _completions_run(acme, ev.id, BASE, UNSEEN)
+    tuned_run = _completions_run(acme, ev.id, tuned, UNSEEN)
+    base_done = _run_finished(acme, ev.id, base_run.id, stack)
+    tuned_done = _run_finished(acme, ev.id, tuned_run.id, stack)
+    assert (base_done.status, tuned_done.status) == ("completed", "completed"), (base_done.error, tuned_done.error)
+    base_passed, tuned_passed = base_done.result_counts.passed, tuned_done.result_counts.passed
+    assert base_done.result_counts.errored == tuned_done.result_counts.errored == 0
+    assert base_passed == 0 and tuned_passed >= len(UNSEEN) - 1, (base_passed, tuned_passed)
+    usage = {u.model_name: u for u in tuned_done.per_model_usage}
+    assert usage[tuned].invocation_count == len(UNSEEN) and usage[tuned].completion_tokens > 0
+    item = acme.evals.runs.output_items.list(tuned_run.id, eval_id=ev.id).data[0]
+    assert item.sample.model == tuned and item.sample.usage.total_tokens > 0
+    raw = stack["acme"].evals.runs.output_items.with_raw_response.retrieve(item.id, eval_id=ev.id, run_id=tuned_run.id)
+    spec_valid(raw.http_response.json(), "EvalRunOutputItem")
+
+
+def test_evals_compare_prints_base_against_tuned(stack: dict[str, Any], tmp_path: Path) -> None:
+    acme, tuned, server = stack["acme"], stack["job"].fine_tuned_model, stack["server"]
+    test_file = tmp_path / "test.jsonl"
+    examples = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]} for q in UNSEEN]
+    test_file.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    auth = ("--base-url", server.base_url, "--api-key", acme.api_key)
+    out = server.cli("evals", "compare", "--file", str(test_file), "--model", BASE, "--model", tuned, "--max-tokens", "24", *auth)
+    table = out.stdout.splitlines()
+    assert table[0].split() == ["criterion", BASE, tuned], out.stdout
+    fuzzy = next(line for line in table if line.startswith("fuzzy")).split()
+    base_passed, tuned_passed = (int(cell.split("/")[0]) for cell in (fuzzy[1], fuzzy[3]))
+    assert base_passed == 0 and tuned_passed >= len(UNSEEN) - 1, out.stdout
+    assert "item(s) where the models differ" in out.stdout and "PASS " + tuned in out.stdout
+    run_id = out.stderr.split("runs ")[1].split(",")[0].strip()
+    shown = server.cli("evals", "show", run_id, *auth).stdout
+    assert f"run {run_id}" in shown and "completed" in shown and f"model {BASE}" in shown, shown
+
+
+def test_the_job_measures_tuned_against_base_and_general_knowledge(stack: dict[str, Any]) -> None:
+    acme, job, server = stack["acme"], stack["job"], stack["server"]
+    with httpx.Client(base_url=server.root_url, headers={"Authorization": f"Bearer {acme.api_key}"}) as http:
+        evaluation = _wait(
+            lambda: (
+                (e := http.get(f"/v1/fine_tuning/jobs/{job.id}").json()["evaluation"])["status"] not in ("pending", "running")
+                and e
+            ),
+            600,
+            "the job's evaluation",
+            stack["logs"],
+        )
+    assert evaluation["status"] == "completed", evaluation
+    test = evaluation["test"]
+    assert test["base"]["total"] == test["tuned"]["total"] == len(UNSEEN)
+    assert test["base"]["per_criterion"]["fuzzy"] == 0 and test["tuned"]["per_criterion"]["fuzzy"] >= len(UNSEEN) - 1, test
+    knowledge = evaluation["general_knowledge_check"]
+    assert knowledge["base"]["total"] == knowledge["tuned"]["total"] == 50
+    messages = [e.message for e in acme.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("Test file: base ") and " → tuned " in m for m in messages), messages
+    assert any(m.startswith("General knowledge kept: ") for m in messages), messages
+    # The evals are the project's own, through the Evals API like any other.
+    assert acme.evals.retrieve(test["eval_id"]).name == f"test file of {job.id}"
+
+
+def test_eval_run_cancel_stops_it_within_seconds(stack: dict[str, Any]) -> None:
+    acme = stack["acme"]
+    ev = _question_eval(acme)
+    run = _completions_run(acme, ev.id, BASE, UNSEEN * 20, max_tokens=48)
+    _wait(lambda: acme.evals.runs.retrieve(run.id, eval_id=ev.id).result_counts.total > 0, 120, "a first item", stack["logs"])
+    asked = time.monotonic()
+    canceled = acme.evals.runs.cancel(run.id, eval_id=ev.id)
+    assert canceled.status == "canceled"
+    # The worker stops within seconds: the item count stops growing.
+    time.sleep(4)
+    settled = len(list(acme.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100)))
+    time.sleep(6)
+    assert len(list(acme.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100))) == settled
+    assert settled < len(UNSEEN) * 20 and time.monotonic() - asked < 30
+    assert acme.evals.runs.retrieve(run.id, eval_id=ev.id).status == "canceled"
+
+
+def test_eval_worker_killed_mid_run_is_taken_over_with_each_item_once(stack: dict[str, Any]) -> None:
+    acme, evals = stack["acme"], stack["evals"]
+    ev = _question_eval(acme)
+    questions = [f"{q} (#{i})" for i, q in enumerate(UNSEEN * 4)]
+    run = _completions_run(acme, ev.id, BASE, questions, max_tokens=32)
+    _wait(lambda: acme.evals.runs.retrieve(run.id, eval_id=ev.id).result_counts.total >= 3, 120, "a few items", stack["logs"])
+    evals["worker"].kill()
+    written_before = acme.evals.runs.retrieve(run.id, eval_id=ev.id).result_counts.total
+    assert written_before < len(questions)
+    evals["worker"] = TailorEvalWorker(stack["env"], stack["root"] / "eval-worker-2", "evals-2")
+    stack["logs"].append(evals["worker"].log_path)
+    done = _run_finished(acme, ev.id, run.id, stack)
+    assert done.status == "completed" and done.result_counts.total == len(questions)
+    items = list(acme.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=10))  # every page
+    assert sorted(i.datasource_item_id for i in items) == list(range(len(questions)))
+    assert [i.datasource_item["question"] for i in sorted(items, key=lambda i: i.datasource_item_id)] == questions
 
 
 def test_deleted_model_is_unservable_at_once(stack: dict[str, Any]) -> None:

@@ -38,18 +38,28 @@ EXAMPLES = 100
 LINE = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
 
 
+def _queues(redis_url: str, queue_name: str) -> dict[str, str]:
+    # No eval worker runs here: graders/run gives up after a second (503 in the envelope).
+    return {
+        "TAILOR_REDIS_URL": redis_url,
+        "TAILOR_QUEUE_NAME": f"{queue_name}:fuzz",
+        "TAILOR_EVAL_QUEUE_NAME": f"{queue_name}:fuzz-evals",
+        "TAILOR_GRADER_RUN_TIMEOUT_SECONDS": "1",
+    }
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
 def fuzzed_server(request: pytest.FixtureRequest, redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[TailorServer]:
     if request.param == "postgresql" and not os.environ.get("TAILOR_TEST_DATABASE_URL"):
         pytest.skip("set TAILOR_TEST_DATABASE_URL to a PostgreSQL server (CI does)")
     if request.param == "sqlite":
         database = f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}"
-        env = {"TAILOR_DATABASE_URL": database, "TAILOR_REDIS_URL": redis_url, "TAILOR_QUEUE_NAME": f"{queue_name}:fuzz"}
+        env = {"TAILOR_DATABASE_URL": database, **_queues(redis_url, queue_name)}
         with running_server(env, tmp_path / "data") as server:
             yield server
         return
     with fresh_database_url() as database:
-        env = {"TAILOR_DATABASE_URL": database, "TAILOR_REDIS_URL": redis_url, "TAILOR_QUEUE_NAME": f"{queue_name}:fuzz"}
+        env = {"TAILOR_DATABASE_URL": database, **_queues(redis_url, queue_name)}
         with running_server(env, tmp_path / "data") as server:
             yield server
 
@@ -60,9 +70,21 @@ def real_objects(server: TailorServer, key: str) -> dict[str, str]:
         job = http.post("/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "training_file": file_id}).json()
         upload = {"filename": "u.jsonl", "purpose": "fine-tune", "bytes": len(LINE), "mime_type": "text/jsonl"}
         upload_id = http.post("/uploads", json=upload).json()["id"]
+        schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+        check = {"type": "string_check", "name": "q", "input": "{{item.q}}", "reference": "a", "operation": "eq"}
+        ev = http.post(
+            "/evals", json={"data_source_config": {"type": "custom", "item_schema": schema}, "testing_criteria": [check]}
+        )
+        content = {"type": "file_content", "content": [{"item": {"q": "a"}}]}
+        run = http.post(f"/evals/{ev.json()['id']}/runs", json={"data_source": {"type": "jsonl", "source": content}})
     # No file id: schemathesis follows POST /v1/files to the file's own routes by itself, and
     # a fixed id would override those links.
-    return {"path.fine_tuning_job_id": job["id"], "path.upload_id": upload_id}
+    return {
+        "path.fine_tuning_job_id": job["id"],
+        "path.upload_id": upload_id,
+        "path.eval_id": ev.json()["id"],
+        "path.run_id": run.json()["id"],
+    }
 
 
 def test_schemathesis_finds_nothing(fuzzed_server: TailorServer, tmp_path: Path) -> None:

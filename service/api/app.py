@@ -16,11 +16,13 @@ from service.api.auth import document_bearer_auth, forget_all_keys, forget_key
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
 from service.api.errors import install_error_handlers
+from service.api.evals.router import router as evals_router
 from service.api.files.janitor import sweep_forever
 from service.api.files.router import router as files_router
 from service.api.files.uploads_router import router as uploads_router
 from service.api.fine_tuning.router import router as fine_tuning_router
 from service.api.gateway import open_gateway
+from service.api.graders.router import router as graders_router
 from service.api.middleware import RequestMiddleware
 from service.api.models.router import router as models_router
 from service.api.rate_limit import RateLimiter
@@ -101,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"],
         )
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics, limiter=limiter, admitted=settings.max_concurrent_requests)
-    for router in (files_router, uploads_router, fine_tuning_router, models_router, chat_router):
+    for router in (files_router, uploads_router, fine_tuning_router, graders_router, models_router, chat_router, evals_router):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(api_metrics.router)

@@ -18,7 +18,7 @@ from service.api.gateway import InferenceGateway
 from service.core.registry import BaseModelSpec
 from service.core.settings import Settings
 from service.core.storage import ObjectStore
-from service.core.tables import File, FineTuningJob, Upload
+from service.core.tables import Eval, EvalRun, File, FineTuningJob, Upload
 from service.jobs.queue import WorkQueue
 
 # Every dependency here is async: FastAPI runs a plain `def` one in its thread pool, a
@@ -80,3 +80,17 @@ async def _owned_job(fine_tuning_job_id: str, session: SessionDep, principal: Pr
 OwnedFileDep = Annotated[File, Depends(_owned_file)]
 OwnedUploadDep = Annotated[Upload, Depends(_owned_upload)]
 OwnedJobDep = Annotated[FineTuningJob, Depends(_owned_job)]
+
+
+async def _owned_eval(eval_id: str, session: SessionDep, principal: PrincipalDep) -> Eval:
+    return await lookups.owned_eval(session, principal.project_id, eval_id)
+
+
+OwnedEvalDep = Annotated[Eval, Depends(_owned_eval)]
+
+
+async def _owned_run(run_id: str, ev: OwnedEvalDep, session: SessionDep) -> EvalRun:
+    return await lookups.owned_run(session, ev, run_id)
+
+
+OwnedRunDep = Annotated[EvalRun, Depends(_owned_run)]

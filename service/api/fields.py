@@ -54,3 +54,21 @@ class RequestBody(BaseModel):
 
 # For a string field of a body that is not a RequestBody (the chat bodies, relayed to vLLM as sent).
 NulFreeStr = Annotated[str, AfterValidator(_refuse_nul)]
+
+
+METADATA_MAX_PAIRS = 16
+
+
+def _metadata_limits(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > METADATA_MAX_PAIRS:
+        raise ValueError(f"metadata may hold at most {METADATA_MAX_PAIRS} pairs")
+    for key, text in value.items():
+        if len(key) > 64:
+            raise ValueError(f"metadata key '{key[:20]}…' is longer than 64 characters")
+        if len(text) > 512:
+            raise ValueError(f"metadata value for '{key}' is longer than 512 characters")
+    return value
+
+
+# The spec's Metadata: up to 16 string pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata_limits)]

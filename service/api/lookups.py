@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.core.errors import NotFound
 from service.core.ids import now
-from service.core.tables import File, FineTuningJob, Upload
+from service.core.tables import Eval, EvalOutputItem, EvalRun, File, FineTuningJob, Upload
 
 
 def visible_files(project_id: str) -> Select[File]:
@@ -40,3 +40,25 @@ async def owned_job(session: AsyncSession, project_id: str, job_id: str) -> Fine
     if job is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return job
+
+
+async def owned_eval(session: AsyncSession, project_id: str, eval_id: str) -> Eval:
+    row = (await session.execute(select(Eval).where(Eval.id == eval_id, Eval.project_id == project_id))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"No such eval: {eval_id}", param="eval_id")
+    return row
+
+
+async def owned_run(session: AsyncSession, ev: Eval, run_id: str) -> EvalRun:
+    row = (await session.execute(select(EvalRun).where(EvalRun.id == run_id, EvalRun.eval_id == ev.id))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"No such eval run: {run_id}", param="run_id")
+    return row
+
+
+async def owned_output_item(session: AsyncSession, run: EvalRun, item_id: str) -> EvalOutputItem:
+    query = select(EvalOutputItem).where(EvalOutputItem.id == item_id, EvalOutputItem.run_id == run.id)
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"No such output item: {item_id}", param="output_item_id")
+    return row

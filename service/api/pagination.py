@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Select
+from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.core.errors import NotFound
@@ -26,14 +26,18 @@ async def paginate(
     limit: int,
     order: Literal["asc", "desc"] = "desc",
     what: str = "object",
+    keys: Sequence[Any] = (),
 ) -> tuple[list[T], bool]:
+    """One page of `query`, ordered by `keys` (columns) and then `seq`, which never ties."""
+    columns = [*keys, model.seq]
     if after is not None:
         # The cursor must be visible through the same query (same project, same job).
-        cursor = (await session.execute(query.with_only_columns(model.seq).where(model.id == after))).scalar()
+        cursor = (await session.execute(query.with_only_columns(*columns).where(model.id == after))).first()
         if cursor is None:
             raise NotFound(f"No such {what}: '{after}' (the `after` cursor)", param="after")
-        query = query.where(model.seq < cursor if order == "desc" else model.seq > cursor)
-    query = query.order_by(model.seq.desc() if order == "desc" else model.seq.asc()).limit(limit + 1)
+        position, values = tuple_(*columns), tuple_(*cursor)
+        query = query.where(position < values if order == "desc" else position > values)
+    query = query.order_by(*(c.desc() if order == "desc" else c.asc() for c in columns)).limit(limit + 1)
     rows = list((await session.execute(query)).scalars())
     return rows[:limit], len(rows) > limit
 

@@ -4,6 +4,7 @@ the trainer and the inference launcher (each lazily, inside its command)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -98,6 +99,17 @@ def worker(queue: str | None, worker_id: str | None, log_level: str) -> None:
 
     setup_logging(log_level)
     run_worker(queue, worker_id)
+
+
+@main.command("eval-worker")
+@click.option("--worker-id", default=None, help="Name in run leases (default: host-pid-evals).")
+@click.option("--log-level", default="info", show_default=True)
+def eval_worker(worker_id: str | None, log_level: str) -> None:
+    """Run an eval worker: executes eval runs and graders/run from the eval queue (no GPU needed)."""
+    from service.evals.worker import run_eval_worker
+
+    setup_logging(log_level)
+    run_eval_worker(worker_id)
 
 
 @main.command()
@@ -259,6 +271,69 @@ def jobs_follow(job_id: str, base_url: str, api_key: str) -> None:
     click.echo(f"{job.id}: {job.status}" + (f" -> {job.fine_tuned_model}" if job.fine_tuned_model else ""))
     if job.status != "succeeded":
         sys.exit(1)
+
+
+@main.group()
+def evals() -> None:
+    """Evaluations, through the API."""
+
+
+@evals.command("compare")
+@click.option(
+    "--file",
+    "test_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Chat-format JSONL test file; each example's last assistant message is the reference answer.",
+)
+@click.option("--model", "models", multiple=True, required=True, help="A model to evaluate (repeat: --model A --model B).")
+@click.option(
+    "--criterion",
+    "criteria",
+    multiple=True,
+    help="A grader as JSON (repeatable). Default: an exact check and a fuzzy similarity on the reference.",
+)
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Longest answer generated per item.")
+@click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)
+@click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")
+def evals_compare(
+    test_file: Path, models: tuple[str, ...], criteria: tuple[str, ...], max_tokens: int, base_url: str, api_key: str
+) -> None:
+    """Run models side by side on a test file; print pass rates per criterion and the items where they differ."""  # fmt: skip
+    import openai
+
+    from service.cli.evals import compare
+    from service.evals.data import BadRow
+
+    try:
+        graders = [json.loads(c) for c in criteria] or None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--criterion") from exc
+    with openai.OpenAI(base_url=base_url, api_key=api_key) as client:
+        try:
+            _, text = compare(client, test_file, models, graders, max_tokens, lambda line: click.echo(line, err=True))
+        except BadRow as exc:
+            raise click.ClickException(f"{test_file}: {exc}") from exc
+        except (openai.APIError, RuntimeError, TimeoutError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(text)
+
+
+@evals.command("show")
+@click.argument("run_id")
+@click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)
+@click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")
+def evals_show(run_id: str, base_url: str, api_key: str) -> None:
+    """Print a run: its status, counts, pass rate per criterion and token usage."""
+    import openai
+
+    from service.cli.evals import show
+
+    with openai.OpenAI(base_url=base_url, api_key=api_key) as client:
+        try:
+            click.echo(show(client, run_id))
+        except (LookupError, openai.APIError) as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

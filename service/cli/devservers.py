@@ -226,12 +226,14 @@ def running_server(env_overrides: Mapping[str, str], data_dir: Path, timeout: fl
 class TailorWorker:
     """`tailor worker` as a child process with the same settings as a server."""
 
+    command = "worker"
+
     def __init__(self, env_overrides: Mapping[str, str], data_dir: Path, name: str = "worker", *extra_args: str):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"{name}.log"
         self.env = clean_env({"TAILOR_DATA_DIR": str(self.data_dir), **env_overrides})
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--worker-id", name, *extra_args]
+        cmd = [sys.executable, "-m", "service.cli", self.command, "--worker-id", name, *extra_args]
         self.proc = _spawn(cmd, self.log_path, env=self.env, cwd=self.data_dir)
 
     @property
@@ -250,6 +252,12 @@ class TailorWorker:
             self.proc.kill()
             self.proc.wait()
         stop_process(self.proc)
+
+
+class TailorEvalWorker(TailorWorker):
+    """`tailor eval-worker` as a child process: eval runs and graders/run."""
+
+    command = "eval-worker"
 
 
 @contextmanager

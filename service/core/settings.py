@@ -100,6 +100,38 @@ class Settings(BaseSettings):
         "A job goes to the smallest pool that fits its base model's needs; none set: every job goes to queue_name.",
     )
 
+    # --- Evaluations: `tailor eval-worker` runs eval runs and graders/run off the request path ---
+    eval_queue_name: str = Field("tailor:evals", description="arq queue that eval runs and grader runs go to.")
+    eval_concurrency: int = Field(
+        8, ge=1, le=256, description="Generations (and model-grader calls) one eval run keeps in flight at once."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where clients reach the API; the report_url of runs an eval worker creates."
+    )
+    evaluation_wait_seconds: float = Field(
+        900.0,
+        ge=0,
+        description="How long a succeeded job's evaluation waits for an inference server of its base before it is skipped.",
+    )
+    eval_max_items: int = Field(10_000, ge=1, description="Most items one eval run may hold.")
+    grader_run_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest POST /v1/fine_tuning/alpha/graders/run waits for an eval worker's answer."
+    )
+    judge_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint (…/v1) for score_model and label_model judges that Tailor does not serve; "
+        "unset: judges must be models Tailor serves.",
+    )
+    judge_api_key: str | None = Field(None, description="API key sent to judge_base_url.")
+    python_grader: bool = Field(
+        False, description="Allow `python` graders (each grade runs in a fresh sandboxed process); off by default."
+    )
+    python_grader_timeout_seconds: float = Field(10.0, gt=0, le=600, description="Wall-clock limit of one python grade.")
+    python_grader_memory_mib: int = Field(512, ge=32, description="Memory limit of one python grade's sandbox.")
+    embedding_model_path: Path | None = Field(
+        None, description="Local sentence-embedding model directory for the cosine metric. Default: the packaged one."
+    )
+
     # --- Observability ---
     log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line, with the request id.")
     worker_metrics_port: int | None = Field(

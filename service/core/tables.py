@@ -100,6 +100,10 @@ class FineTuningJob(Base):
     # Lease held by the worker running the job (at-least-once delivery; see ARCHITECTURE.md).
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Tailor's extension: the tuned model measured against its base once the job succeeded
+    # (service/evals/after_training.py); the status alone is what the eval worker queries.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
+    evaluation_status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     __table_args__ = (Index("ix_fine_tuning_jobs_project_seq", "project_id", "seq"),)
 
 
@@ -153,3 +157,65 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class Eval(Base):
+    """An eval: the shape of its items and its testing criteria, both as the API shows them."""
+
+    __tablename__ = "evals"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(512))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", NullableJSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ix_evals_project_seq", "project_id", "seq"),)
+
+
+class EvalRun(Base):
+    """One run of an eval on a data source; the counters are the worker's running totals."""
+
+    __tablename__ = "eval_runs"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(512))
+    model: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", NullableJSON, nullable=True)
+    report_url: Mapped[str] = mapped_column(String(1024))
+    result_counts: Mapped[dict[str, int]] = mapped_column(JSON)
+    per_model_usage: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    per_testing_criteria_results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    # Lease of the eval worker running it (at-least-once delivery, as training jobs).
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    __table_args__ = (Index("ix_eval_runs_eval_seq", "eval_id", "seq"),)
+
+
+class EvalOutputItem(Base):
+    """One graded item of a run, keyed by its place in the data: written once, whoever writes it."""
+
+    __tablename__ = "eval_output_items"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    datasource_item_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Tokens per model (the generation and every judge), summed into the run's per_model_usage.
+    usage: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        Index("ux_eval_output_items_run_item", "run_id", "datasource_item_id", unique=True),
+        Index("ix_eval_output_items_run_seq", "run_id", "seq"),
+    )

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
@@ -51,22 +51,23 @@ async def connect(redis_url: str, connect_retries: int = 2) -> ArqRedis:
     return await create_pool(settings, job_serializer=dumps, job_deserializer=json.loads)
 
 
-async def enqueue_training(redis: ArqRedis, queue_name: str, job_id: str) -> bool:
-    """Put a job on the queue. Returns False when it is already waiting there."""
+async def enqueue_training(redis: ArqRedis, queue_name: str, job_id: str, function: str = TRAIN_FUNCTION) -> bool:
+    """Put a job (or an eval run: `function` names what runs it) on the queue. Returns False
+    when it is already waiting there."""
     # A finished arq run leaves a result key that would block a second run of the same id
     # (resume after pause, requeue after a lost worker); the job row is the truth, so drop it.
     await redis.delete(result_key_prefix + job_id)
-    job = await redis.enqueue_job(TRAIN_FUNCTION, job_id, _job_id=job_id, _queue_name=queue_name)
+    job = await redis.enqueue_job(function, job_id, _job_id=job_id, _queue_name=queue_name)
     return job is not None
 
 
-async def requeue_lost(redis: ArqRedis, queue_name: str, job_id: str) -> None:
+async def requeue_lost(redis: ArqRedis, queue_name: str, job_id: str, function: str = TRAIN_FUNCTION) -> None:
     """Make a job whose worker died runnable again. arq keeps a started job in the queue
     with an in-progress marker until it finishes; dropping the marker lets another worker
     take it, and a job that left the queue altogether is enqueued afresh."""
     await redis.delete(in_progress_key_prefix + job_id)
     if not await redis.exists(job_key_prefix + job_id):
-        await enqueue_training(redis, queue_name, job_id)
+        await enqueue_training(redis, queue_name, job_id, function)
 
 
 async def send_signal(redis: ArqRedis, job_id: str, signal: Signal) -> None:
@@ -122,13 +123,28 @@ class WorkQueue:
     def queue_for(self, spec: BaseModelSpec) -> str:
         return queue_for(spec, self.pools, self.queue_name)
 
-    async def enqueue(self, job_id: str, queue_name: str | None = None) -> bool:
+    async def enqueue(self, job_id: str, queue_name: str | None = None, function: str = TRAIN_FUNCTION) -> bool:
         async with _unavailable_on_error():
-            return await enqueue_training(await self.pool(), queue_name or self.queue_name, job_id)
+            return await enqueue_training(await self.pool(), queue_name or self.queue_name, job_id, function)
 
-    async def requeue_lost(self, job_id: str, queue_name: str | None = None) -> None:
+    async def requeue_lost(self, job_id: str, queue_name: str | None = None, function: str = TRAIN_FUNCTION) -> None:
         async with _unavailable_on_error():
-            await requeue_lost(await self.pool(), queue_name or self.queue_name, job_id)
+            await requeue_lost(await self.pool(), queue_name or self.queue_name, job_id, function)
+
+    async def call(self, function: str, payload: dict[str, Any], queue_name: str, timeout: float) -> Any:
+        """Run `function` on a worker of `queue_name` and wait for its answer (graders/run)."""
+        async with _unavailable_on_error():
+            # A request nobody picked up in time is dropped, not run after its caller left.
+            job = await (await self.pool()).enqueue_job(function, payload, _queue_name=queue_name, _expires=timeout)
+        if job is None:  # only a duplicate `_job_id` is refused, and none is given
+            raise BackendUnavailable("The work queue refused the request. Try again shortly.")
+        try:
+            async with _unavailable_on_error():
+                return await job.result(timeout=timeout, poll_delay=0.1)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"No eval worker answered within {timeout:g} s (is `tailor eval-worker` running?). Try again shortly."
+            ) from exc
 
     async def signal(self, job_id: str, signal: Signal) -> None:
         async with _unavailable_on_error():

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from service.api import idempotency
-from service.api.deps import BaseModelsDep, OwnedJobDep, PrincipalDep, QueueDep, SessionDep
+from service.api.deps import BaseModelsDep, OwnedJobDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from service.api.errors import error_responses
 from service.api.fine_tuning import service
 from service.api.fine_tuning.schemas import (
@@ -43,10 +43,11 @@ async def create_job(
     principal: PrincipalDep,
     queue: QueueDep,
     base_models: BaseModelsDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> FineTuningJobObject | JSONResponse:
     async def create() -> FineTuningJobObject:
-        return FineTuningJobObject.of(await service.create_job(session, queue, principal, body, base_models))
+        return FineTuningJobObject.of(await service.create_job(session, queue, principal, body, base_models, settings))
 
     return await idempotency.once(request, session, principal, idempotency_key, create, await request.body())
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.api.fields import RequestBody, absent_if_none
+from service.api.fields import Metadata, RequestBody, absent_if_none
 from service.api.pagination import IdPage, Page
 from service.core.tables import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 
@@ -20,7 +20,6 @@ NEpochs = Auto | Annotated[int, Field(ge=1, le=50, strict=True)]
 Beta = Auto | Annotated[float, Field(gt=0, le=2, strict=True)]
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-METADATA_MAX_PAIRS = 16
 
 
 class Hyperparameters(RequestBody):
@@ -82,6 +81,26 @@ class TrainingOptions(RequestBody):
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less GPU memory, slower.")
 
 
+class EvaluationOptions(RequestBody):
+    """Tailor's extension, sent as `extra_body={"evaluation": {...}}`: once the job succeeds,
+    the tuned model is measured against its base (service/evals/after_training.py)."""
+
+    test_file: str | None = Field(
+        None,
+        description="A chat-format file (purpose fine-tune) the job never trains on; each example's last assistant "
+        "message is the reference answer.",
+    )
+    testing_criteria: list[dict[str, Any]] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="Graders on {{item.reference}} and {{sample.output_text}}. "
+        "Default: an exact check and a fuzzy similarity (>= 0.8).",
+    )
+    general_knowledge: bool = Field(True, description="Also check the tuned model did not forget what its base knew.")
+    max_tokens: int = Field(256, ge=1, le=4096, description="Longest answer generated per test item.")
+
+
 class FineTuningJobCreate(RequestBody):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -91,29 +110,16 @@ class FineTuningJobCreate(RequestBody):
     integrations: list[Integration] | None = Field(None, max_length=5)
     seed: int | None = Field(None, ge=0, le=2147483647, strict=True)
     method: Method | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     lora: LoraConfig | None = None
     training: TrainingOptions | None = None
+    evaluation: EvaluationOptions | None = None
 
     @field_validator("suffix")
     @classmethod
     def _suffix_charset(cls, v: str | None) -> str | None:
         if v is not None and not SUFFIX_PATTERN.match(v):
             raise ValueError("suffix may contain only letters, digits, '.', '_' and '-'")
-        return v
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is None:
-            return v
-        if len(v) > METADATA_MAX_PAIRS:
-            raise ValueError(f"metadata may hold at most {METADATA_MAX_PAIRS} pairs")
-        for key, value in v.items():
-            if len(key) > 64:
-                raise ValueError(f"metadata key '{key[:20]}…' is longer than 64 characters")
-            if len(value) > 512:
-                raise ValueError(f"metadata value for '{key}' is longer than 512 characters")
         return v
 
 
@@ -161,6 +167,8 @@ class FineTuningJobObject(BaseModel):
     user_provided_suffix: str | None
     lora: LoraConfig | None = None
     training: TrainingOptions | None = None
+    # Tailor's extension: what the job's evaluation found (absent when none was asked for).
+    evaluation: dict[str, Any] | None = absent_if_none()
 
     @classmethod
     def of(cls, row: FineTuningJob) -> FineTuningJobObject:
@@ -188,6 +196,7 @@ class FineTuningJobObject(BaseModel):
             user_provided_suffix=row.suffix,
             lora=extra.get("lora"),
             training=extra.get("training"),
+            evaluation=row.evaluation,
         )
 
 

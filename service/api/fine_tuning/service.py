@@ -24,7 +24,9 @@ from service.api.pagination import paginate
 from service.core.errors import ApiError, InvalidRequest, ModelNotFound
 from service.core.ids import new_id, now
 from service.core.registry import BaseModelSpec
+from service.core.settings import Settings
 from service.core.tables import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from service.evals import after_training
 from service.jobs import lifecycle as lc
 from service.jobs.queue import WorkQueue
 
@@ -70,6 +72,7 @@ async def create_job(
     principal: Principal,
     body: FineTuningJobCreate,
     base_models: dict[str, BaseModelSpec],
+    settings: Settings,
 ) -> FineTuningJob:
     if body.model not in base_models:
         known = ", ".join(sorted(base_models))
@@ -82,6 +85,11 @@ async def create_job(
     await _check_training_file(session, principal.project_id, body.training_file, "training_file")
     if body.validation_file is not None:
         await _check_training_file(session, principal.project_id, body.validation_file, "validation_file")
+    evaluation = None
+    if body.evaluation is not None:
+        if body.evaluation.test_file is not None:
+            await _check_training_file(session, principal.project_id, body.evaluation.test_file, "evaluation.test_file")
+        evaluation = after_training.requested(body.evaluation.model_dump(), settings)
     job = FineTuningJob(
         id=new_id("ftjob-"),
         project_id=principal.project_id,
@@ -101,6 +109,8 @@ async def create_job(
         result_files=[],
         created_at=now(),
         queue=queue_name,
+        evaluation=evaluation,
+        evaluation_status=evaluation and evaluation["status"],
     )
     session.add(job)
     await session.flush()  # the event row refers to the job row
