@@ -398,7 +398,7 @@ def test_rouge_by_hand() -> None:
 
 def test_fuzzy_match_by_hand() -> None:
     # kitten / sitting: longest common subsequence "ittn" (4), normalised Indel similarity
-    # 2*4 / (6+7) = 8/13; for two single words WRatio is that plain ratio.
+    # 2*4 / (6+7) = 8/13: twice the 4 characters in common over both lengths.
     assert metrics.similarity("fuzzy_match", "kitten", "sitting") == pytest.approx(8 / 13)
     assert metrics.similarity("fuzzy_match", "Paris", "Paris") == 1.0
 

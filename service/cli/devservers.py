@@ -269,6 +269,15 @@ def running_worker(env_overrides: Mapping[str, str], data_dir: Path, name: str =
         worker.stop()
 
 
+@contextmanager
+def running_eval_worker(env_overrides: Mapping[str, str], data_dir: Path, name: str = "eval-worker") -> Iterator[TailorWorker]:
+    worker = TailorEvalWorker(env_overrides, data_dir, name)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
 class TailorInference:
     """`tailor inference` as a child process: one vLLM server per base model, the first on
     TAILOR_INFERENCE_PORT (which the API must be given too, to find it).

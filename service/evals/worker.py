@@ -178,4 +178,6 @@ def build_eval_worker(settings: Settings, worker_id: str | None = None) -> Worke
 
 
 def run_eval_worker(worker_id: str | None = None) -> None:
+    # One line per generation would drown the run's own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     build_eval_worker(get_settings(), worker_id).run()

@@ -3,9 +3,11 @@
 They come from the libraries that define them, imported on first use (the API process
 validates graders without ever computing one):
 
-- fuzzy_match: rapidfuzz `fuzz.WRatio(input, reference) / 100`, case-sensitive. OpenAI
-  documents only "fuzzy string match using rapidfuzz"; WRatio is rapidfuzz's general-purpose
-  scorer (the best of the plain, partial and token-order ratios).
+- fuzzy_match: rapidfuzz `fuzz.ratio(input, reference) / 100` (normalised Indel
+  similarity), case-sensitive. OpenAI documents only "fuzzy string match using rapidfuzz";
+  WRatio, which also takes the best partial match, scored a wrong answer that merely shares
+  the reference's opening words at 0.86 ("The capital of X is X." against "The capital of X
+  is Y, a city famous for ..."), where the plain ratio gives 0.59.
 - bleu: sacrebleu's sentence BLEU / 100, with its defaults (13a tokenizer, case-sensitive,
   exponential smoothing, effective order), the reference as the one reference.
 - gleu: nltk's `sentence_gleu` (Google BLEU, 1- to 4-grams) over word tokens.
@@ -43,7 +45,7 @@ class MetricUnavailable(RuntimeError):
 def fuzzy_match(text: str, reference: str) -> float:
     from rapidfuzz import fuzz
 
-    return float(fuzz.WRatio(text, reference)) / 100.0
+    return float(fuzz.ratio(text, reference)) / 100.0
 
 
 def bleu(text: str, reference: str) -> float:
