@@ -20,7 +20,7 @@ import pytest
 from helpers_db import succeed_job
 from spec import assert_error_envelope, spec_valid, validate
 
-from service.cli.devservers import TailorEvalWorker, TailorServer
+from service.cli.devservers import TailorEvalWorker, TailorServer, free_port
 
 TRIAGE_SCHEMA = {
     "type": "object",
@@ -52,7 +52,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def eval_worker(server: TailorServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorEvalWorker]:
     # No vLLM runs in this module: a job's evaluation is skipped at once instead of waiting for one.
-    env = {**server.env, "TAILOR_EVALUATION_WAIT_SECONDS": "0"}
+    env = {**server.env, "TAILOR_EVALUATION_WAIT_SECONDS": "0", "TAILOR_WORKER_METRICS_PORT": str(free_port())}
     worker = TailorEvalWorker(env, tmp_path_factory.mktemp("eval-worker"), "evals-a")
     try:
         yield worker
@@ -383,3 +383,15 @@ def test_a_jobs_evaluation_is_checked_at_create_and_skipped_without_inference(
     assert evaluation["status"] == "skipped"
     messages = [e.message for e in client_a.fine_tuning.jobs.list_events(job.id, limit=50).data]
     assert any(m.startswith(f"Skipped the evaluation against {base}: no inference server") for m in messages), messages
+
+
+def test_eval_worker_serves_metrics_and_health(client_a: openai.OpenAI, eval_worker: TailorEvalWorker) -> None:
+    ev = _eval(client_a)
+    run = client_a.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": ROWS}})
+    _finished(client_a, ev.id, run.id, eval_worker)
+    port = eval_worker.env["TAILOR_WORKER_METRICS_PORT"]
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    completed = [line for line in text.splitlines() if line.startswith('tailor_eval_runs_total{outcome="completed"}')]
+    assert completed and float(completed[0].split()[-1]) >= 1, text[:2000]
+    assert 'tailor_eval_output_items_total{status="pass"}' in text

@@ -1,18 +1,14 @@
 """A worker's Prometheus metrics: job outcomes and durations, jobs in progress and training
-throughput, served on TAILOR_WORKER_METRICS_PORT by a small threaded HTTP server
-(`/metrics` and `/health`)."""
+throughput, served on TAILOR_WORKER_METRICS_PORT (`/metrics` and `/health`, core/metrics.py)."""
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.core.metrics import new_registry
+from service.core.metrics import new_registry, serve_metrics
 from trainer.outcome import Outcome
 
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
@@ -67,34 +63,7 @@ def worker_metrics() -> WorkerMetrics:
     return WorkerMetrics()
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _worker_app(registry: CollectorRegistry) -> Any:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            body, status, kind = generate_latest(registry), "200 OK", CONTENT_TYPE_LATEST
-        elif path == "/health":
-            body, status, kind = b'{"status": "ok"}', "200 OK", "application/json"
-        else:
-            body, status, kind = b"not found: try /metrics or /health\n", "404 Not Found", "text/plain"
-        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
-        return [body]
-
-    return app
-
-
 def serve_worker_metrics(port: int, host: str = "0.0.0.0", metrics: WorkerMetrics | None = None) -> WSGIServer:
     """Serve /metrics and /health on host:port from a daemon thread; `.shutdown()` stops it.
     0.0.0.0 by default: a scraper (a pod's Prometheus) reaches the worker from outside."""
-    registry = (metrics or worker_metrics()).registry
-    server = make_server(host, port, _worker_app(registry), server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="tailor-worker-metrics", daemon=True).start()
-    return server
+    return serve_metrics(port, (metrics or worker_metrics()).registry, host=host, name="tailor-worker-metrics")

@@ -26,6 +26,7 @@ from service.core.storage import ObjectStore
 from service.core.tables import Eval, EvalRun, File
 from service.evals import data, runs, spec
 from service.evals.graders import Grader, GradingTools, JudgeReply, chat_messages, grade, make_sample
+from service.evals.metrics import EvalMetrics
 from service.evals.models import GenerationError, ModelClient
 
 log = logging.getLogger("tailor.evals")
@@ -41,6 +42,7 @@ class EvalContext:
     store: ObjectStore
     models: ModelClient
     tools_for: Callable[[str, list[Grader]], GradingTools]  # (project id, graders) → tools
+    metrics: EvalMetrics
 
 
 async def execute_run(ctx: EvalContext, run_id: str) -> str:
@@ -135,6 +137,7 @@ async def _process_all(
             async with ctx.sessionmaker() as session:
                 if await runs.add_output_item(session, run.id, row.index, fields):
                     progress.add(fields["status"], fields["results"], fields["usage"])
+                    ctx.metrics.items.labels(fields["status"]).inc()
 
     lanes = min(ctx.settings.eval_concurrency, max(1, len(pending)))
     await asyncio.gather(*(lane() for _ in range(lanes)))

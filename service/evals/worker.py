@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 from service.core.errors import ApiError, InvalidRequest
+from service.core.metrics import serve_metrics
 from service.core.registry import load_registry
 from service.core.settings import Settings, get_settings
 from service.core.storage import open_configured_store
@@ -30,6 +31,7 @@ from service.evals import after_training, runs
 from service.evals.embedding import EmbedderUnavailable, load_embedder
 from service.evals.executor import EvalContext, execute_run, judge_for
 from service.evals.graders import Grader, GradeResult, GradingTools, PythonSandbox, grade, make_sample, parse_grader
+from service.evals.metrics import EvalMetrics
 from service.evals.models import GenerationError, ModelClient
 from service.jobs.queue import WorkQueue, dumps, redis_settings
 
@@ -41,7 +43,13 @@ MAX_RUNS = 4
 
 
 async def run_eval(ctx: dict[str, Any], run_id: str) -> str:
-    outcome = await execute_run(ctx["tailor"], run_id)
+    w: EvalContext = ctx["tailor"]
+    w.metrics.in_progress.inc()
+    try:
+        outcome = await execute_run(w, run_id)
+    finally:
+        w.metrics.in_progress.dec()
+    w.metrics.runs.labels(outcome).inc()
     log.info("eval run %s: %s", run_id, outcome)
     return outcome
 
@@ -56,9 +64,12 @@ async def run_grader(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, 
             grader, payload["item"], make_sample(payload["model_sample"]), w.tools_for(payload["project_id"], [grader])
         )
     except ApiError as exc:
+        w.metrics.grader_calls.labels("refused").inc()
         return {"error": exc.envelope(), "status": exc.status_code}
     except GenerationError as exc:
+        w.metrics.grader_calls.labels("refused").inc()
         return {"error": InvalidRequest(f"The judge model failed: {exc.message}", param="grader.model").envelope(), "status": 400}
+    w.metrics.grader_calls.labels("ok").inc()
     return {"result": grader_response(result, time.monotonic() - started)}
 
 
@@ -103,6 +114,7 @@ class LazyEmbedder:
 async def reap_forever(w: EvalContext, queue: WorkQueue) -> None:
     interval = max(1.0, w.settings.lease_seconds / 3)
     while True:
+        w.metrics.reaper_passed()
         try:
             async with w.sessionmaker() as session:
                 lost, waiting = await runs.expired_runs(session), await runs.waiting_runs(session)
@@ -121,8 +133,9 @@ async def reap_forever(w: EvalContext, queue: WorkQueue) -> None:
         await asyncio.sleep(interval)
 
 
-def build_eval_worker(settings: Settings, worker_id: str | None = None) -> Worker:
+def build_eval_worker(settings: Settings, worker_id: str | None = None, metrics: EvalMetrics | None = None) -> Worker:
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-evals"
+    metrics = metrics or EvalMetrics()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         url = settings.resolved_database_url
@@ -141,7 +154,7 @@ def build_eval_worker(settings: Settings, worker_id: str | None = None) -> Worke
         def tools_for(project_id: str, graders: list[Grader]) -> GradingTools:
             return GradingTools(judge=judge_for(models, project_id), embed=embed, python=sandbox)
 
-        w = EvalContext(settings, worker_id, sessionmaker, open_configured_store(settings), models, tools_for)
+        w = EvalContext(settings, worker_id, sessionmaker, open_configured_store(settings), models, tools_for, metrics)
         queue = WorkQueue(settings.redis_url, settings.eval_queue_name)
         ctx.update(tailor=w, engine=engine, queue=queue, reaper=asyncio.create_task(reap_forever(w, queue)))
         log.info("eval worker %s listening on %s", worker_id, settings.eval_queue_name)
@@ -180,4 +193,8 @@ def build_eval_worker(settings: Settings, worker_id: str | None = None) -> Worke
 def run_eval_worker(worker_id: str | None = None) -> None:
     # One line per generation would drown the run's own lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    build_eval_worker(get_settings(), worker_id).run()
+    settings, metrics = get_settings(), EvalMetrics()
+    if settings.worker_metrics_port:
+        serve_metrics(settings.worker_metrics_port, metrics.registry, name="tailor-eval-metrics", healthy=metrics.healthy)
+        log.info("eval worker metrics on :%d/metrics", settings.worker_metrics_port)
+    build_eval_worker(settings, worker_id, metrics).run()
