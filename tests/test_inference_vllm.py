@@ -316,6 +316,44 @@ def test_the_job_measures_tuned_against_base_and_general_knowledge(stack: dict[s
     assert acme.evals.retrieve(test["eval_id"]).name == f"test file of {job.id}"
 
 
+def test_model_graders_judge_with_a_served_model(stack: dict[str, Any]) -> None:
+    """label_model in an eval run and score_model through graders/run, judged by the base
+    model on real vLLM: the judge is asked, its reply parsed, its tokens counted."""
+    acme = stack["acme"]
+    schema = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
+    judge = {
+        "type": "label_model", "name": "on topic", "model": BASE,
+        "input": [
+            {"role": "system", "content": "Does the answer name a city? Reply yes or no."},
+            {"role": "user", "content": "Question: {{item.question}}\nAnswer: {{sample.output_text}}"},
+        ],
+        "labels": ["yes", "no"], "passing_labels": ["yes"],
+    }  # fmt: skip
+    ev = acme.evals.create(
+        data_source_config={"type": "custom", "item_schema": schema, "include_sample_schema": True}, testing_criteria=[judge]
+    )
+    rows = [{"item": {"question": q}, "sample": {"output_text": ANSWER}} for q in UNSEEN[:3]]
+    run = acme.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": rows}})
+    done = _run_finished(acme, ev.id, run.id, stack)
+    assert done.status == "completed" and done.result_counts.errored == 0, done
+    usage = {u.model_name: u for u in done.per_model_usage}
+    assert usage[BASE].invocation_count == 3 and usage[BASE].prompt_tokens > 0
+    item = acme.evals.runs.output_items.list(run.id, eval_id=ev.id).data[0]
+    assert item.results[0].sample is not None  # the judge's exchange, as OpenAI shows it
+
+    scored = acme.fine_tuning.alpha.graders.run(
+        grader={
+            "type": "score_model", "name": "helpful", "model": BASE, "range": [0, 1],
+            "input": [{"role": "user", "content": "Rate from 0 to 1 how well this answers '{{item.question}}': {{sample.output_text}}"}],
+        },
+        item={"question": UNSEEN[0]},
+        model_sample=ANSWER,
+    )  # fmt: skip
+    errors = scored.metadata.errors
+    assert not errors.model_grader_server_error, errors.model_grader_server_error_details
+    assert 0 <= scored.reward <= 1 and scored.metadata.token_usage and scored.metadata.token_usage > 0
+
+
 def test_eval_run_cancel_stops_it_within_seconds(stack: dict[str, Any]) -> None:
     acme = stack["acme"]
     ev = _question_eval(acme)
