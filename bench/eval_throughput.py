@@ -28,6 +28,7 @@ import httpx
 import openai
 
 from service.cli.devservers import (
+    TailorEvalWorker,
     _http_answers,
     _spawn,
     _wait_until,
@@ -35,8 +36,8 @@ from service.cli.devservers import (
     free_port,
     log_tail,
     private_redis,
-    running_eval_worker,
     running_server,
+    running_worker,
     stop_process,
 )
 
@@ -130,7 +131,10 @@ def main() -> None:
             log = work / "inference.log"
             inference = _spawn([sys.executable, "-m", "service.cli", "inference"], log, env=clean_env(env), cwd=work)
             try:
-                with running_server(env, work / "server") as server, running_eval_worker(env, work / "evals"):
+                with (
+                    running_server(env, work / "server") as server,
+                    running_worker(env, work / "evals", "eval-worker", TailorEvalWorker),
+                ):
                     vllm = f"http://127.0.0.1:{port}"
                     _wait_until(lambda: _http_answers(f"{vllm}/health", ok=(200,)), inference, "tailor inference", log, 600)
                     asyncio.run(direct(vllm, questions[: args.concurrency], args.concurrency, args.max_tokens))  # warm-up

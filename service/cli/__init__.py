@@ -174,6 +174,14 @@ async def _create_key(settings: Settings, project: str) -> str:
 T = TypeVar("T")
 
 
+def api_options(command: Callable[..., T]) -> Callable[..., T]:
+    """`--base-url` and `--api-key`: the commands that work through the public API, as a user's script would."""
+    command = click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")(
+        command
+    )
+    return click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)(command)
+
+
 async def _with_sessionmaker(settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
     from service.core.db import make_engine, make_sessionmaker, run_migrations_async
 
@@ -258,8 +266,7 @@ def jobs() -> None:
 
 @jobs.command("follow")
 @click.argument("job_id")
-@click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)
-@click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")
+@api_options
 def jobs_follow(job_id: str, base_url: str, api_key: str) -> None:
     """Show a job's progress bar, losses and events until it ends."""
     import openai
@@ -294,8 +301,7 @@ def evals() -> None:
     help="A grader as JSON (repeatable). Default: an exact check and a fuzzy similarity on the reference.",
 )
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Longest answer generated per item.")
-@click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)
-@click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")
+@api_options
 def evals_compare(
     test_file: Path, models: tuple[str, ...], criteria: tuple[str, ...], max_tokens: int, base_url: str, api_key: str
 ) -> None:
@@ -321,8 +327,7 @@ def evals_compare(
 
 @evals.command("show")
 @click.argument("run_id")
-@click.option("--base-url", envvar="TAILOR_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True)
-@click.option("--api-key", envvar="TAILOR_API_KEY", required=True, help="A project key (or set TAILOR_API_KEY).")
+@api_options
 def evals_show(run_id: str, base_url: str, api_key: str) -> None:
     """Print a run: its status, counts, pass rate per criterion and token usage."""
     import openai

@@ -24,9 +24,9 @@ from typing import Any
 import click
 
 from service.cli.devservers import (
+    TailorEvalWorker,
     free_port,
     private_redis,
-    running_eval_worker,
     running_inference,
     running_server,
     running_worker,
@@ -97,7 +97,7 @@ def run_demo(workdir: Path) -> None:
             running_inference(env, data) as inference,
             running_server(env, data) as server,
             running_worker(env, data) as worker,
-            running_eval_worker(env, data) as eval_worker,
+            running_worker(env, data, "eval-worker", TailorEvalWorker) as eval_worker,
         ):
             key = server.create_key("demo")
             _say(f"created an API key for project 'demo': {key[:14]}…")

@@ -261,17 +261,11 @@ class TailorEvalWorker(TailorWorker):
 
 
 @contextmanager
-def running_worker(env_overrides: Mapping[str, str], data_dir: Path, name: str = "worker") -> Iterator[TailorWorker]:
-    worker = TailorWorker(env_overrides, data_dir, name)
-    try:
-        yield worker
-    finally:
-        worker.stop()
-
-
-@contextmanager
-def running_eval_worker(env_overrides: Mapping[str, str], data_dir: Path, name: str = "eval-worker") -> Iterator[TailorWorker]:
-    worker = TailorEvalWorker(env_overrides, data_dir, name)
+def running_worker(
+    env_overrides: Mapping[str, str], data_dir: Path, name: str = "worker", kind: type[TailorWorker] = TailorWorker
+) -> Iterator[TailorWorker]:
+    """A `tailor worker` (or, with `kind=TailorEvalWorker`, a `tailor eval-worker`) until the block ends."""
+    worker = kind(env_overrides, data_dir, name)
     try:
         yield worker
     finally:

@@ -12,24 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # RunGraderResponse.metadata.errors, in the spec's order: flags, and three details strings.
-ERROR_FLAGS = (
-    "formula_parse_error",
-    "sample_parse_error",
-    "truncated_observation_error",
-    "unresponsive_reward_error",
-    "invalid_variable_error",
-    "other_error",
-    "python_grader_server_error",
-    "python_grader_runtime_error",
-    "model_grader_server_error",
-    "model_grader_refusal_error",
-    "model_grader_parse_error",
-)
-ERROR_DETAILS = (
-    "python_grader_server_error_type",
-    "python_grader_runtime_error_details",
-    "model_grader_server_error_details",
-)
 _ORDER = (
     "formula_parse_error",
     "sample_parse_error",
@@ -46,6 +28,8 @@ _ORDER = (
     "model_grader_parse_error",
     "model_grader_server_error_details",
 )
+ERROR_DETAILS = ("python_grader_server_error_type", "python_grader_runtime_error_details", "model_grader_server_error_details")
+ERROR_FLAGS = tuple(key for key in _ORDER if key not in ERROR_DETAILS)
 
 
 def no_errors() -> dict[str, bool | str | None]:
