@@ -33,6 +33,7 @@ from service.core.settings import Settings, get_settings
 from service.core.storage import open_configured_store
 from service.jobs.queue import WorkQueue
 from service.jobs.requeue import reconcile_forever
+from service.webhooks.delivery import deliver_forever
 
 log = logging.getLogger("tailor.app")
 
@@ -61,9 +62,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     )
     revocations = asyncio.create_task(follow_revocations(settings.redis_url, forget_key, forget_all_keys))
+    webhooks = asyncio.create_task(deliver_forever(app.state.sessionmaker, settings, app.state.metrics.webhook_outcome))
     try:
         yield
     finally:
+        webhooks.cancel()
         revocations.cancel()
         janitor.cancel()
         requeue.cancel()

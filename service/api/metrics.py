@@ -14,7 +14,7 @@ import logging
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Scope
@@ -78,6 +78,15 @@ class ApiMetrics:
             ["dependency"],
             registry=self.registry,
         )
+        self.webhooks = Counter(
+            "tailor_webhook_delivery_attempts",
+            "Webhook delivery attempts this API process made, by outcome (delivered, retry, failed: given up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def webhook_outcome(self, outcome: str) -> None:
+        self.webhooks.labels(outcome).inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).observe(seconds)

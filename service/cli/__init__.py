@@ -260,6 +260,87 @@ def _announce_revocation(key_hash: str) -> None:
 
 
 @main.group()
+def webhooks() -> None:
+    """Webhook endpoints of projects, and their deliveries."""
+
+
+@webhooks.command("add")
+@click.option("--project", required=True, help="The project whose events go to this endpoint.")
+@click.option("--url", required=True, help="https:// URL (http:// too outside production) that receives the events.")
+@click.option("--event", "events", multiple=True, help="An event type to send (repeatable). Default: every type.")
+def webhooks_add(project: str, url: str, events: tuple[str, ...]) -> None:
+    """Add an endpoint; prints its id and its signing secret (shown only once)."""
+    from service.webhooks.endpoints import add
+    from service.webhooks.urls import RefusedUrl
+
+    settings = get_settings()
+    try:
+        endpoint = asyncio.run(_with_session(settings, lambda session: add(session, settings, project, url, list(events))))
+    except (RefusedUrl, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{endpoint.id} {endpoint.secret}")
+
+
+@webhooks.command("list")
+@click.option("--project", default=None, help="Only this project's endpoints.")
+def webhooks_list(project: str | None) -> None:
+    """List endpoints: id, project, URL, the events they receive."""
+    from service.webhooks.endpoints import listed
+
+    rows = asyncio.run(_with_session(get_settings(), lambda session: listed(session, project)))
+    click.echo(f"{'ID':<28} {'PROJECT':<24} {'EVENTS':<30} URL")
+    for endpoint, name in rows:
+        click.echo(f"{endpoint.id:<28} {name:<24} {','.join(endpoint.events) or 'all':<30} {endpoint.url}")
+
+
+@webhooks.command("remove")
+@click.argument("endpoint_id")
+def webhooks_remove(endpoint_id: str) -> None:
+    """Remove an endpoint; its undelivered events are dropped."""
+    from service.webhooks.endpoints import find, remove
+
+    async def work(session: AsyncSession) -> bool:
+        endpoint = await find(session, endpoint_id)
+        if endpoint is not None:
+            await remove(session, endpoint)
+        return endpoint is not None
+
+    if not asyncio.run(_with_session(get_settings(), work)):
+        raise click.ClickException(f"no webhook endpoint {endpoint_id} (see `tailor webhooks list`)")
+    click.echo(f"removed {endpoint_id}")
+
+
+@webhooks.command("rotate")
+@click.argument("endpoint_id")
+def webhooks_rotate(endpoint_id: str) -> None:
+    """Give an endpoint a new signing secret, used from the next attempt on; prints it."""
+    from service.webhooks.endpoints import find, rotate
+
+    async def work(session: AsyncSession) -> str | None:
+        endpoint = await find(session, endpoint_id)
+        return await rotate(session, endpoint) if endpoint is not None else None
+
+    secret = asyncio.run(_with_session(get_settings(), work))
+    if secret is None:
+        raise click.ClickException(f"no webhook endpoint {endpoint_id} (see `tailor webhooks list`)")
+    click.echo(secret)
+
+
+@webhooks.command("deliveries")
+@click.option("--endpoint", "endpoint_id", default=None, help="Only this endpoint's deliveries.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def webhooks_deliveries(endpoint_id: str | None, limit: int) -> None:
+    """The newest deliveries: webhook id, event, status, attempts, last answer or error."""
+    from service.webhooks.endpoints import deliveries
+
+    rows = asyncio.run(_with_session(get_settings(), lambda session: deliveries(session, endpoint_id, limit)))
+    click.echo(f"{'WEBHOOK ID':<28} {'EVENT':<28} {'STATUS':<10} {'TRIES':<6} LAST")
+    for d in rows:
+        last = d.last_error or (str(d.last_status_code) if d.last_status_code else "-")
+        click.echo(f"{d.id:<28} {d.event_type:<28} {d.status:<10} {d.attempts:<6} {last}")
+
+
+@main.group()
 def jobs() -> None:
     """Fine-tuning jobs, through the API."""
 

@@ -132,6 +132,20 @@ class Settings(BaseSettings):
         None, description="Local sentence-embedding model directory for the cosine metric. Default: the packaged one."
     )
 
+    # --- Webhooks (service/webhooks): endpoints per project, delivered from the outbox by the API ---
+    webhook_allow_private_addresses: bool = Field(
+        False,
+        description="Deliver to loopback, link-local and private addresses too (off: a webhook is no way into your network).",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Longest wait for an endpoint to answer one delivery attempt.")
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="Wait before the first retry; each next retry waits about three times longer."
+    )
+    webhook_retry_for_seconds: float = Field(
+        86400.0, gt=0, description="A delivery still failing this long after its event is given up on."
+    )
+    webhook_concurrency: int = Field(16, ge=1, description="Delivery attempts one API process keeps in flight.")
+
     # --- Observability ---
     log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line, with the request id.")
     worker_metrics_port: int | None = Field(

@@ -70,7 +70,7 @@ async def execute_run(ctx: EvalContext, run_id: str) -> str:
         message = str(exc) if isinstance(exc, data.BadRow) else exc.message
         async with ctx.sessionmaker() as session:
             await runs.finish(
-                session, run_id, ctx.worker_id, runs.FAILED, progress, {"code": "invalid_data_source", "message": message}
+                session, run, ctx.worker_id, runs.FAILED, progress, {"code": "invalid_data_source", "message": message}
             )
         return "failed"
     pending = [row for row in rows if row.index not in done]
@@ -81,7 +81,7 @@ async def execute_run(ctx: EvalContext, run_id: str) -> str:
     if ended != "finished":
         return ended
     async with ctx.sessionmaker() as session:
-        return "completed" if await runs.finish(session, run_id, ctx.worker_id, runs.COMPLETED, progress) else "canceled"
+        return "completed" if await runs.finish(session, run, ctx.worker_id, runs.COMPLETED, progress) else "canceled"
 
 
 async def _watch(ctx: EvalContext, run_id: str, work: asyncio.Task[None], progress: runs.Progress) -> str:

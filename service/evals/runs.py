@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.core import outbox
 from service.core.db import rows_changed
 from service.core.ids import new_id, now
 from service.core.tables import Eval, EvalOutputItem, EvalRun
@@ -71,30 +72,45 @@ async def renew(session: AsyncSession, run_id: str, worker_id: str, seconds: int
     return status if status in FINISHED else None
 
 
+# The webhook event of each way a run ends (OpenAI's names).
+WEBHOOK_EVENTS = {COMPLETED: "eval.run.succeeded", FAILED: "eval.run.failed", CANCELED: "eval.run.canceled"}
+
+
 async def finish(
-    session: AsyncSession, run_id: str, worker_id: str, status: str, progress: Progress, error: dict[str, str] | None = None
+    session: AsyncSession,
+    run: EvalRun,
+    worker_id: str,
+    status: str,
+    progress: Progress,
+    error: dict[str, str] | None = None,
 ) -> bool:
     """End our run (completed or failed); False when it was canceled or taken meanwhile."""
     result = await session.execute(
         update(EvalRun)
-        .where(EvalRun.id == run_id, EvalRun.worker_id == worker_id, EvalRun.status == IN_PROGRESS)
+        .where(EvalRun.id == run.id, EvalRun.worker_id == worker_id, EvalRun.status == IN_PROGRESS)
         .values(status=status, error=error, worker_id=None, lease_expires_at=None, **progress.columns())
         .execution_options(synchronize_session=False)
     )
+    ended = rows_changed(result) == 1
+    if ended:
+        await outbox.record(session, run.project_id, WEBHOOK_EVENTS[status], run.id)
     await session.commit()
-    return rows_changed(result) == 1
+    return ended
 
 
-async def cancel(session: AsyncSession, run_id: str) -> bool:
+async def cancel(session: AsyncSession, run: EvalRun) -> bool:
     """The user's cancel: only an unfinished run moves; its worker notices within a second."""
     result = await session.execute(
         update(EvalRun)
-        .where(EvalRun.id == run_id, EvalRun.status.in_(UNFINISHED))
+        .where(EvalRun.id == run.id, EvalRun.status.in_(UNFINISHED))
         .values(status=CANCELED, worker_id=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
+    ended = rows_changed(result) == 1
+    if ended:
+        await outbox.record(session, run.project_id, WEBHOOK_EVENTS[CANCELED], run.id)
     await session.commit()
-    return rows_changed(result) == 1
+    return ended
 
 
 async def expired_runs(session: AsyncSession) -> list[str]:

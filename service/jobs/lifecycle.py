@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.core import outbox
 from service.core.db import rows_changed
 from service.core.errors import InvalidRequest
 from service.core.ids import new_id, now
@@ -95,6 +96,8 @@ async def transition(
     for name, value in values.items():
         setattr(job, name, value)
     add_event(session, job.id, message, level=level)
+    if to in TERMINAL:  # in this transaction: the webhook exists exactly when the status does
+        await outbox.record(session, job.project_id, f"fine_tuning.job.{to}", job.id)
     return True
 
 

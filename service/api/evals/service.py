@@ -138,7 +138,7 @@ async def list_runs(
 
 
 async def cancel_run(session: AsyncSession, run: EvalRun) -> EvalRun:
-    if not await runs.cancel(session, run.id):
+    if not await runs.cancel(session, run):
         await session.refresh(run)
         raise Conflict(f"The run is already {run.status}; only a queued or running run can be canceled.", param="run_id")
     await session.refresh(run)
