@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -257,6 +257,53 @@ def _announce_revocation(key_hash: str) -> None:
         asyncio.run(publish_revocations(get_settings().redis_url, [key_hash]))
     except (RedisError, OSError) as exc:
         click.echo(f"warning: Redis is unavailable ({exc}); API replicas stop accepting the key within 5 s", err=True)
+
+
+@main.group("import")
+def import_() -> None:
+    """Bring jobs and files across from another service."""
+
+
+@import_.command("openai")
+@click.option("--source-api-key", envvar="OPENAI_API_KEY", required=True, help="A key of the source (or set OPENAI_API_KEY).")
+@click.option("--source-base-url", default="https://api.openai.com/v1", show_default=True, help="The source's API root.")
+@click.option(
+    "--model-map",
+    "model_map",
+    multiple=True,
+    required=True,
+    help="SOURCE_MODEL=BASE_MODEL (repeatable); a key also maps the models whose names it starts.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be imported; change nothing.")
+@api_options
+def import_openai(
+    source_api_key: str, source_base_url: str, model_map: tuple[str, ...], dry_run: bool, base_url: str, api_key: str
+) -> None:
+    """Recreate the source's fine-tuning jobs (and upload their files) here; a second run skips what is imported."""  # fmt: skip
+    import openai
+
+    from service.cli.importer import parse_model_map, plan, run, summary
+
+    try:
+        mapping = parse_model_map(model_map)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model-map") from exc
+    with (
+        openai.OpenAI(base_url=source_base_url, api_key=source_api_key) as source,
+        openai.OpenAI(base_url=base_url, api_key=api_key) as destination,
+    ):
+        try:
+            planned = plan(source, destination, mapping)
+            if not dry_run:
+
+                def progress(items: Any) -> Any:
+                    with click.progressbar(list(items), label="importing", file=sys.stderr) as shown:
+                        yield from shown
+
+                run(source, destination, planned, progress)
+        except openai.APIError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(summary(planned, dry_run))
 
 
 @main.group()
