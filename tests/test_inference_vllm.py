@@ -354,6 +354,44 @@ def test_model_graders_judge_with_a_served_model(stack: dict[str, Any]) -> None:
     assert 0 <= scored.reward <= 1 and scored.metadata.token_usage and scored.metadata.token_usage > 0
 
 
+def test_downloaded_weights_load_in_plain_peft_and_answer_as_served(stack: dict[str, Any], tmp_path: Path) -> None:
+    """`tailor models download` unpacks a peft directory; plain transformers + peft on the
+    base give the greedy answer vLLM serves, and the first token's log-probability within
+    0.1 (vLLM on CPU computes in bfloat16; this side in float32)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.core.registry import load_registry
+    from trainer.ml.base_model import materialize
+
+    acme, tuned, server = stack["acme"], stack["job"].fine_tuned_model, stack["server"]
+    out = tmp_path / "weights"
+    server.cli("models", "download", tuned, "-o", str(out), "--base-url", server.base_url, "--api-key", acme.api_key)
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json"} <= names, names
+    assert not names & {"training_state.pt", "training_state.json"}
+    assert f"base model: {BASE}" in (out / "README.md").read_text()
+
+    base_dir = materialize(load_registry(None)[BASE], Path(stack["env"]["TAILOR_MODEL_CACHE_DIR"]))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), out).eval()
+    messages = [{"role": "user", "content": UNSEEN[0]}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=12, do_sample=False)
+        first = torch.log_softmax(model(ids).logits[0, -1].float(), dim=-1)
+    ours = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+    served = acme.chat.completions.create(model=tuned, messages=messages, temperature=0, max_tokens=12, logprobs=True)
+    assert ours.strip() == (served.choices[0].message.content or "").strip()
+    assert served.choices[0].logprobs and served.choices[0].logprobs.content
+    assert abs(float(first.max()) - served.choices[0].logprobs.content[0].logprob) < 0.1
+
+    other = server.cli("models", "download", tuned, "-o", str(tmp_path / "x"), "--base-url", server.base_url,
+                       "--api-key", stack["other"].api_key, check=False)  # fmt: skip
+    assert other.returncode != 0 and "404" in other.stderr
+
+
 def test_eval_run_cancel_stops_it_within_seconds(stack: dict[str, Any]) -> None:
     acme = stack["acme"]
     ev = _question_eval(acme)

@@ -7,13 +7,16 @@ Adapters go to an S3 endpoint (moto on loopback) and the database is PostgreSQL 
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import httpx
 import openai
 import psutil
 import pytest
@@ -174,7 +177,19 @@ def test_job_trains_to_succeeded_with_metrics_checkpoints_and_result_file(stack:
     finally:
         s3.close()
     names = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= names
+
+    # Your weights: the final model and a checkpoint as .tar.gz peft directories.
+    for model in (done.fine_tuned_model, checkpoints[0].fine_tuned_model_checkpoint):
+        response = httpx.get(f"{client.base_url}models/{model}/weights", headers={"Authorization": f"Bearer {client.api_key}"})
+        assert response.status_code == 200 and response.headers["content-type"] == "application/gzip", response.text
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            archived = set(tar.getnames())
+            config = json.load(tar.extractfile("adapter_config.json"))  # type: ignore[arg-type]
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json"} <= archived
+        assert not archived & {"training_state.pt", "training_state.json"} and config["peft_type"] == "LORA"
+    missing = httpx.get(f"{client.base_url}models/ft:nope/weights", headers={"Authorization": f"Bearer {client.api_key}"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from service.core.naming import TOKENIZER_DIR
 from service.core.net import free_port
 from service.core.processes import die_with_parent
 from service.jobs.messages import (
@@ -147,11 +148,11 @@ def follower_main(argv: list[str]) -> int:
     rank, world, port = int(argv[1]), int(argv[2]), int(argv[3])
     cuda = resolve_device(spec.device).type == "cuda"
     with parallel.joined(rank, world, port, cuda):
-        _train(spec, lambda message: None, None, device=f"cuda:{rank}" if cuda else None)
+        _train(spec, lambda message: None, None, device=f"cuda:{rank}" if cuda else None, main=False)
     return 0
 
 
-def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str | None = None) -> None:
+def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str | None = None, main: bool = True) -> None:
     from trainer.ml.base_model import load_tokenizer, materialize, resolve_device
     from trainer.ml.config import TrainConfig, resolve_auto
     from trainer.ml.data import load_dataset
@@ -203,6 +204,8 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
         resume_from=Path(spec.resume_dir) if spec.resume_dir else None,
     )
     if result.status == "succeeded":
+        if main:  # beside the adapter, for `GET /v1/models/{model}/weights`; vLLM reads only the top level
+            tokenizer.save_pretrained(Path(str(result.adapter_dir)) / TOKENIZER_DIR)
         send(Done(str(result.adapter_dir), result.trained_tokens))
     else:
         send(PausedAt(result.step))

@@ -409,6 +409,38 @@ def jobs_follow(job_id: str, base_url: str, api_key: str) -> None:
 
 
 @main.group()
+def models() -> None:
+    """Models, through the API."""
+
+
+@models.command("download")
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to unpack into.")
+@api_options
+def models_download(model: str, output: Path, base_url: str, api_key: str) -> None:
+    """Download a fine-tuned model's (or checkpoint's) adapter and unpack it: a peft directory."""
+    import tarfile
+    import tempfile
+    import urllib.parse
+
+    import httpx
+
+    url = f"{base_url.rstrip('/')}/models/{urllib.parse.quote(model, safe=':')}/weights"
+    with tempfile.TemporaryFile() as archive:
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {api_key}"}, timeout=600) as response:
+            if response.status_code != 200:
+                response.read()
+                raise click.ClickException(f"{response.status_code}: {response.text[:500]}")
+            for chunk in response.iter_bytes():
+                archive.write(chunk)
+        archive.seek(0)
+        output.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+            tar.extractall(output, filter="data")  # no absolute paths, no links out of `output`
+    click.echo(f"{model} -> {output}")
+
+
+@main.group()
 def evals() -> None:
     """Evaluations, through the API."""
 

@@ -36,6 +36,14 @@ def upload_prefix(upload_id: str) -> str:
     return f"uploads/{upload_id}/"
 
 
+# Beside a final adapter: its tokenizer's files (the weights download ships them; vLLM reads
+# only an adapter folder's top level). And what a checkpoint holds that is training state only.
+TOKENIZER_DIR = "tokenizer"
+TRAINING_STATE_JSON = "training_state.json"
+TRAINING_STATE_PT = "training_state.pt"
+TRAINING_STATE_FILES = frozenset({TRAINING_STATE_JSON, TRAINING_STATE_PT})
+
+
 def adapter_prefix(job_id: str, step: int | None) -> str:
     """The folder of a job's final adapter (`step` None) or of its checkpoint at `step`."""
     return f"adapters/{job_id}/" + (f"step-{step}/" if step is not None else "final/")

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-STATE_JSON = "training_state.json"
-STATE_PT = "training_state.pt"
+from service.core.naming import TRAINING_STATE_JSON, TRAINING_STATE_PT
+
+STATE_JSON = TRAINING_STATE_JSON
+STATE_PT = TRAINING_STATE_PT
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT = 1
 

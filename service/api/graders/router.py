@@ -50,7 +50,7 @@ def checked_grader(obj: dict[str, Any], settings: Settings) -> Grader:
 
 
 @router.post("/validate", response_model=ValidateGraderResponse)
-async def validate_grader(body: ValidateGraderRequest, settings: SettingsDep) -> ValidateGraderResponse:
+async def validate_grader(body: ValidateGraderRequest, principal: PrincipalDep, settings: SettingsDep) -> ValidateGraderResponse:
     return ValidateGraderResponse(grader=grader_to_dict(checked_grader(body.grader, settings)))
 
 

@@ -1,12 +1,13 @@
-"""Models routes: GET /v1/models, GET/DELETE /v1/models/{model}."""
+"""Models routes: GET /v1/models, GET/DELETE /v1/models/{model}, GET /v1/models/{model}/weights."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from service.api.deps import BaseModelsDep, GatewayDep, PrincipalDep, SessionDep, StoreDep
 from service.api.errors import error_responses
-from service.api.models import service
+from service.api.models import service, weights
 from service.api.models.schemas import ModelDeleted, ModelList, ModelObject
 from service.core.errors import ModelNotFound
 from service.jobs.catalog import find_fine_tuned, list_fine_tuned
@@ -19,6 +20,20 @@ async def list_models(session: SessionDep, principal: PrincipalDep, base_models:
     data = [ModelObject.of_base(spec) for spec in base_models.values()]
     data += [ModelObject.of_fine_tuned(row) for row in await list_fine_tuned(session, principal.project_id)]
     return ModelList(data=data)
+
+
+# Before `/models/{model:path}`, which would take `…/weights` for a model name.
+@router.get(
+    "/models/{model:path}/weights",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The adapter as a .tar.gz peft directory"}},
+)
+async def download_weights(model: str, session: SessionDep, principal: PrincipalDep, store: StoreDep) -> StreamingResponse:
+    """Tailor's extension: a fine-tuned model's or checkpoint's adapter, as a standard peft directory."""
+    filename, chunks = await weights.archive(session, store, principal.project_id, model)
+    return StreamingResponse(
+        chunks, media_type="application/gzip", headers={"content-disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 # `{model:path}`: fine-tuned names contain ':' and base names may contain '/'.
