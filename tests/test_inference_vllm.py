@@ -354,6 +354,8 @@ def test_model_graders_judge_with_a_served_model(stack: dict[str, Any]) -> None:
     assert 0 <= scored.reward <= 1 and scored.metadata.token_usage and scored.metadata.token_usage > 0
 
 
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model.
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_downloaded_weights_load_in_plain_peft_and_answer_as_served(stack: dict[str, Any], tmp_path: Path) -> None:
     """`tailor models download` unpacks a peft directory; plain transformers + peft on the
     base give the greedy answer vLLM serves, and the first token's log-probability within
