@@ -20,6 +20,7 @@ from service.api.evals.router import router as evals_router
 from service.api.files.janitor import sweep_forever
 from service.api.files.router import router as files_router
 from service.api.files.uploads_router import router as uploads_router
+from service.api.fine_tuning.permissions import router as permissions_router
 from service.api.fine_tuning.router import router as fine_tuning_router
 from service.api.gateway import open_gateway
 from service.api.graders.router import router as graders_router
@@ -106,7 +107,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"],
         )
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics, limiter=limiter, admitted=settings.max_concurrent_requests)
-    for router in (files_router, uploads_router, fine_tuning_router, graders_router, models_router, chat_router, evals_router):
+    for router in (
+        files_router,
+        uploads_router,
+        fine_tuning_router,
+        permissions_router,
+        graders_router,
+        models_router,
+        chat_router,
+        evals_router,
+    ):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(api_metrics.router)

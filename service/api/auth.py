@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.api.ttl_cache import TtlCache
-from service.core.errors import Unauthorized
+from service.core.errors import PermissionDenied, Unauthorized
 from service.core.ids import new_id, now
 from service.core.tables import ApiKey, Project
 
@@ -23,13 +23,14 @@ KEY_PREFIX = "sk-tailor-"
 class Principal:
     project_id: str
     project_name: str
+    admin: bool = False  # the key may manage its project's sharing (checkpoint permissions)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Project]:
+async def create_key(session: AsyncSession, project_name: str, admin: bool = False) -> tuple[str, Project]:
     """Create a key for `project_name`, creating the project on first use."""
     project = (await session.execute(select(Project).where(Project.name == project_name))).scalar_one_or_none()
     if project is None:
@@ -44,6 +45,7 @@ async def create_key(session: AsyncSession, project_name: str) -> tuple[str, Pro
             key_hash=hash_key(key),
             display_prefix=key[: len(KEY_PREFIX) + 4],
             created_at=now(),
+            admin=admin,
         )
     )
     await session.commit()
@@ -57,6 +59,8 @@ class KeyInfo:
     shown: str  # the key's first characters, enough to tell keys apart
     created_at: int
     revoked_at: int | None
+    project_id: str = ""
+    admin: bool = False
 
 
 async def list_keys(session: AsyncSession, project_name: str | None = None) -> list[KeyInfo]:
@@ -64,7 +68,7 @@ async def list_keys(session: AsyncSession, project_name: str | None = None) -> l
     if project_name is not None:
         query = query.where(Project.name == project_name)
     return [
-        KeyInfo(key.id, name, key.display_prefix + "…", key.created_at, key.revoked_at)
+        KeyInfo(key.id, name, key.display_prefix + "…", key.created_at, key.revoked_at, key.project_id, key.admin)
         for key, name in (await session.execute(query)).tuples()
     ]
 
@@ -96,7 +100,7 @@ async def rotate_key(session: AsyncSession, key_id: str) -> tuple[str, str] | No
         return None
     project = await session.get(Project, old.project_id)
     assert project is not None, "a key belongs to a project"
-    key, _ = await create_key(session, project.name)  # commits both
+    key, _ = await create_key(session, project.name, old.admin)  # commits both
     return key, old.key_hash
 
 
@@ -125,12 +129,20 @@ def _bearer_token(request: Request) -> str:
 async def _find(session: AsyncSession, key_hash: str) -> Principal | None:
     row = (
         await session.execute(
-            select(ApiKey.project_id, Project.name)
+            select(ApiKey.project_id, Project.name, ApiKey.admin)
             .join(Project, Project.id == ApiKey.project_id)
             .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).first()
-    return Principal(project_id=row[0], project_name=row[1]) if row is not None else None
+    return Principal(project_id=row[0], project_name=row[1], admin=bool(row[2])) if row is not None else None
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.admin:
+        raise PermissionDenied(
+            "This needs an admin key of the project (`tailor keys create --admin --project NAME`).",
+            code="insufficient_permissions",
+        )
 
 
 async def _look_up(session: AsyncSession, token: str, key_hash: str) -> Principal:

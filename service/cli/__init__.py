@@ -154,19 +154,20 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--project", required=True, help="Project the key acts for (created on first use).")
-def keys_create(project: str) -> None:
+@click.option("--admin", is_flag=True, help="The key may also manage the project's sharing (checkpoint permissions).")
+def keys_create(project: str, admin: bool) -> None:
     """Create an API key and print it (it is shown only once)."""
     if not PROJECT_NAME.match(project):
         raise click.BadParameter("use 1-64 letters, digits, '_' or '-'", param_hint="--project")
-    key = asyncio.run(_create_key(get_settings(), project))
+    key = asyncio.run(_create_key(get_settings(), project, admin))
     click.echo(key)
 
 
-async def _create_key(settings: Settings, project: str) -> str:
+async def _create_key(settings: Settings, project: str, admin: bool = False) -> str:
     from service.api.auth import create_key
 
     async def create(session: AsyncSession) -> str:
-        return (await create_key(session, project))[0]
+        return (await create_key(session, project, admin))[0]
 
     return await _with_session(settings, create)
 
@@ -214,9 +215,13 @@ def keys_list(project: str | None) -> None:
         return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
     rows = asyncio.run(_with_session(get_settings(), lambda session: list_keys(session, project)))
-    click.echo(f"{'ID':<32} {'PROJECT':<24} {'KEY':<18} {'CREATED (UTC)':<20} REVOKED (UTC)")
+    click.echo(f"{'ID':<32} {'PROJECT':<24} {'KEY':<18} {'ADMIN':<6} {'PROJECT_ID':<30} {'CREATED (UTC)':<20} REVOKED (UTC)")
     for row in rows:
-        click.echo(f"{row.id:<32} {row.project:<24} {row.shown:<18} {when(row.created_at):<20} {when(row.revoked_at)}")
+        admin = "yes" if row.admin else "-"
+        click.echo(
+            f"{row.id:<32} {row.project:<24} {row.shown:<18} {admin:<6} {row.project_id:<30} {when(row.created_at):<20} "
+            f"{when(row.revoked_at)}"
+        )
 
 
 @keys.command("revoke")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.core.db import Base
@@ -30,6 +30,8 @@ class ApiKey(Base):
     display_prefix: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # An admin key may also manage its project's sharing (checkpoint permissions).
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class File(Base):
@@ -255,3 +257,16 @@ class WebhookDelivery(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+
+class CheckpointPermission(Base):
+    """A project's fine-tuned model or checkpoint shared with another project, which may then
+    serve it; deleting the model (or the permission) ends the sharing."""
+
+    __tablename__ = "checkpoint_permissions"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("fine_tuned_models.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))  # the grantee
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ux_checkpoint_permissions_model_project", "model_id", "project_id", unique=True),)

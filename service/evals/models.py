@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.core.registry import BaseModelSpec
 from service.core.settings import Settings
 from service.core.topology import upstreams
-from service.jobs.catalog import find_fine_tuned
+from service.jobs.catalog import find_usable
 
 
 class GenerationError(Exception):
@@ -53,7 +53,7 @@ class ModelClient:
         if model in self.base_models:
             return model
         async with self.sessionmaker() as session:
-            row = await find_fine_tuned(session, project_id, model)
+            row = await find_usable(session, project_id, model)
         return row.base_model if row is not None else None
 
     async def chat(self, project_id: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Completion:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.core.ids import new_id, now
 from service.core.naming import checkpoint_model_name, fine_tuned_model_name
-from service.core.tables import FineTunedModel, FineTuningCheckpoint, FineTuningJob, Project
+from service.core.tables import CheckpointPermission, FineTunedModel, FineTuningCheckpoint, FineTuningJob, Project
 from service.jobs import lifecycle as lc
 
 ModelKind = Literal["final", "checkpoint"]
@@ -79,3 +79,18 @@ async def list_fine_tuned(session: AsyncSession, project_id: str) -> list[FineTu
 async def find_fine_tuned(session: AsyncSession, project_id: str, name: str) -> FineTunedModel | None:
     query = select(FineTunedModel).where(FineTunedModel.id == name, FineTunedModel.project_id == project_id)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def find_usable(session: AsyncSession, project_id: str, name: str) -> FineTunedModel | None:
+    """A fine-tuned model the project may serve: its own, or one another project shared with
+    it (a checkpoint permission). Never cached by callers for shared ones: revoking a
+    permission stops its use at once."""
+    own = await find_fine_tuned(session, project_id, name)
+    if own is not None:
+        return own
+    shared = (
+        select(FineTunedModel)
+        .join(CheckpointPermission, CheckpointPermission.model_id == FineTunedModel.id)
+        .where(FineTunedModel.id == name, CheckpointPermission.project_id == project_id)
+    )
+    return (await session.execute(shared)).scalar_one_or_none()

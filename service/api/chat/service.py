@@ -1,5 +1,6 @@
 """Which vLLM servers answer a chat request: a base model's own, or for one of the
-project's fine-tuned models (anything else is the same 404 as a missing model) its base's."""
+project's fine-tuned models, or one shared with it (anything else is the same 404 as a
+missing model), its base's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from service.api.auth import Principal
 from service.api.ttl_cache import TtlCache
 from service.core.errors import ModelNotFound
 from service.core.registry import BaseModelSpec
-from service.jobs.catalog import find_fine_tuned
+from service.jobs.catalog import find_fine_tuned, find_usable
 
 
 async def base_model_of(
@@ -33,7 +34,13 @@ async def base_model_of(
     key = (principal.project_id, model)
     if (base := owners.get(key, base_of_owned)) is not None:
         return base
-    if (base := await base_of_owned()) is None:
+    if (base := await base_of_owned()) is not None:
+        owners.put(key, base)
+        return base
+    # Shared with this project by another one: looked up on every request (never cached),
+    # so deleting the permission stops its use at once.
+    async with sessionmaker() as session:
+        shared = await find_usable(session, principal.project_id, model)
+    if shared is None:
         raise ModelNotFound.named(model)
-    owners.put(key, base)
-    return base
+    return shared.base_model
