@@ -13,6 +13,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -59,6 +60,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             "TAILOR_BASE_MODELS_FILE": str(models_file),
             "TAILOR_LEASE_SECONDS": "6",
             "TAILOR_DEVICE": "cpu",
+            # The W&B integration writes its runs to disk (test_wandb_run_holds_the_losses_by_step).
+            "WANDB_MODE": "offline",
         }
         with running_server(env, root / "server") as server:
             worker = TailorWorker(env, root / "worker-1", "worker-1")
@@ -356,6 +359,69 @@ def test_dpo_job_trains_to_succeeded(stack: dict[str, Any]) -> None:
     assert done.method.dpo.hyperparameters.beta == 0.2
     metrics = [e.data for e in events(client, job.id) if e.type == "metrics"]
     assert len(metrics) == 6 and all("train_loss" in m for m in metrics)
+
+
+def read_wandb_records(path: Path) -> list[Any]:
+    """The records of an offline W&B run file: W&B's LevelDB-style log (a 7-byte header,
+    then 32 KiB blocks of chunks: crc32, length, type FULL/FIRST/MIDDLE/LAST), each record a
+    `wandb_internal_pb2.Record`."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = path.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B", data[:8]
+    records, pending = [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room for a chunk header: the block is padded
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_wandb_run_holds_the_losses_by_step(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload(client, chat_file(12)),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        integrations=[{"type": "wandb", "wandb": {"project": "tailor-tests", "tags": ["ci"]}}],
+    )
+    done = wait_status(stack, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    losses = {int(e.data["step"]): e.data["train_loss"] for e in events(client, job.id) if e.type == "metrics"}
+    (path,) = list(stack["root"].glob(f"**/run-{job.id}.wandb"))
+    records = read_wandb_records(path)
+    logged: dict[int, float] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            if "train_loss" in items:
+                logged[int(items["_step"])] = items["train_loss"]
+    assert logged == pytest.approx(losses), (logged, losses)
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert runs and runs[0].run_id == job.id and runs[0].project == "tailor-tests"
+    assert {"ci", "tailor/finetune", job.id} <= set(runs[0].tags)
+
+
+def test_wandb_is_skipped_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.wandb_sink import unavailable, wandb_config
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert unavailable() == "WANDB_API_KEY is not set on the worker"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert unavailable() is None
+    assert wandb_config([{"type": "wandb", "wandb": {"project": "p"}}]) == {"project": "p"}
+    assert wandb_config(None) is None
 
 
 FACT_QUESTIONS = [

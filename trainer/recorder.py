@@ -26,6 +26,7 @@ from service.jobs import lifecycle as lc
 from service.jobs.messages import Checkpoint, ChildMessage, Done, Event, Failed, Metrics, PausedAt, Started, Validated
 from trainer.context import WorkerContext
 from trainer.outcome import Outcome
+from trainer.wandb_sink import WandbSink, unavailable, wandb_config
 
 log = logging.getLogger("tailor.worker")
 
@@ -64,9 +65,16 @@ class Recorder:
         self.started_at = time.monotonic()
         self.first_step: int | None = None
         self.last_tokens: tuple[int, float] | None = None  # trained tokens at the latest step report, and when
+        self.wandb: WandbSink | None = None
 
     async def handle(self, message: ChildMessage) -> Outcome | None:
         """Apply one message; return an outcome when the job's run is over."""
+        outcome = await self._apply(message)
+        if outcome is not None:
+            await self._end_wandb(outcome)
+        return outcome
+
+    async def _apply(self, message: ChildMessage) -> Outcome | None:
         async with self.w.sessionmaker() as session:
             job = await load_job(session, self.job_id)
             match message:
@@ -104,7 +112,37 @@ class Recorder:
         await session.commit()
         return None
 
+    async def _open_wandb(self, session: AsyncSession, job: FineTuningJob) -> None:
+        """Start the job's W&B run when it asked for one; an event says why when it cannot."""
+        config = wandb_config(job.integrations)
+        if config is None:
+            return
+        if (why := unavailable()) is not None:
+            lc.add_event(session, job.id, f"Skipped the Weights & Biases integration: {why}.", level="warn")
+            await session.commit()
+            return
+        sink = WandbSink(job, config, self.w.settings.resolved_work_dir / "wandb" / job.id)
+        try:
+            await sink.start()
+        except Exception as exc:  # a W&B outage must not fail the training
+            lc.add_event(session, job.id, f"Skipped the Weights & Biases integration: {exc}", level="warn")
+            await session.commit()
+            return
+        self.wandb = sink
+
+    async def _end_wandb(self, outcome: Outcome) -> None:
+        if self.wandb is not None:
+            async with self.w.sessionmaker() as session:
+                job = await load_job(session, self.job_id)
+            summary = {"status": job.status, "fine_tuned_model": job.fine_tuned_model, "trained_tokens": job.trained_tokens}
+            sink, self.wandb = self.wandb, None
+            try:
+                await sink.finish(summary, failed=outcome == Outcome.FAILED)
+            except Exception:
+                log.exception("job %s: could not finish its W&B run", self.job_id)
+
     async def _started(self, session: AsyncSession, job: FineTuningJob) -> Outcome | None:
+        await self._open_wandb(session, job)
         if job.status == lc.RUNNING:
             return None  # a resumed run: the job never left `running`
         if not await lc.transition(session, job, lc.RUNNING, allowed_from={lc.QUEUED}, message="Fine-tuning job started"):
@@ -128,6 +166,11 @@ class Recorder:
             job.trained_tokens = int(data["trained_tokens"])
         await session.commit()
         self._count_tokens(job, step, int(data.get("trained_tokens") or 0))
+        if self.wandb is not None:
+            try:
+                await self.wandb.log(step, data)
+            except Exception:
+                log.exception("job %s: could not log step %d to W&B", job.id, step)
 
     def _count_tokens(self, job: FineTuningJob, step: int, tokens: int) -> None:
         """Worker metrics: tokens trained since the previous report, and the rate. A fresh
@@ -215,6 +258,11 @@ class Recorder:
         return row
 
     async def child_exited(self, exitcode: int | None, *, pausing: bool) -> Outcome:
+        outcome = await self._child_exited(exitcode, pausing=pausing)
+        await self._end_wandb(outcome)
+        return outcome
+
+    async def _child_exited(self, exitcode: int | None, *, pausing: bool) -> Outcome:
         if pausing:
             return Outcome.PAUSED
         async with self.w.sessionmaker() as session:
