@@ -394,6 +394,21 @@ def test_downloaded_weights_load_in_plain_peft_and_answer_as_served(stack: dict[
     assert other.returncode != 0 and "404" in other.stderr
 
 
+def test_a_shared_checkpoint_answers_the_other_project_until_the_grant_is_deleted(stack: dict[str, Any]) -> None:
+    acme, other, server = stack["acme"], stack["other"], stack["server"]
+    checkpoint = acme.fine_tuning.jobs.checkpoints.list(stack["job"].id).data[0].fine_tuned_model_checkpoint
+    with pytest.raises(openai.NotFoundError):
+        _ask(other, checkpoint, "Capital of Zorbania?")
+    admin_key = server.cli("keys", "create", "--admin", "--project", "acme").stdout.strip()
+    other_project = next(line.split()[4] for line in server.cli("keys", "list", "--project", "other").stdout.splitlines()[1:])
+    with openai.OpenAI(base_url=server.base_url, api_key=admin_key, max_retries=0) as admin:
+        (grant,) = admin.fine_tuning.checkpoints.permissions.create(checkpoint, project_ids=[other_project]).data
+        assert _ask(other, checkpoint, "Capital of Zorbania?", max_tokens=8)
+        admin.fine_tuning.checkpoints.permissions.delete(grant.id, fine_tuned_model_checkpoint=checkpoint)
+    with pytest.raises(openai.NotFoundError):
+        _ask(other, checkpoint, "Capital of Zorbania?")
+
+
 def test_eval_run_cancel_stops_it_within_seconds(stack: dict[str, Any]) -> None:
     acme = stack["acme"]
     ev = _question_eval(acme)
