@@ -92,15 +92,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             "TAILOR_EVAL_QUEUE_NAME": f"tailor:test-evals:{uuid.uuid4().hex[:8]}",
             # An eval worker killed mid-run is taken over within seconds.
             "TAILOR_LEASE_SECONDS": "6",
+            # A judge on CPU vLLM beside the other tests' load: room for a slow first call.
+            "TAILOR_GRADER_RUN_TIMEOUT_SECONDS": "180",
         }
         # vLLM starts first (about a minute) and boots while the worker trains.
         with running_inference(env, root / "inference") as inference, running_server(env, root / "server") as server:
             worker = TailorWorker(env, root / "worker", "worker")
             stack_evals = {"worker": TailorEvalWorker(env, root / "eval-worker", "evals-1")}
             logs = [inference.log_path, worker.log_path, server.log_path, stack_evals["worker"].log_path]
+            clients: list[openai.OpenAI] = []
             try:
                 acme = openai.OpenAI(base_url=server.base_url, api_key=server.create_key("acme"), max_retries=0, timeout=180)
                 other = openai.OpenAI(base_url=server.base_url, api_key=server.create_key("other"), max_retries=0)
+                clients += [acme, other]
                 training_file = acme.files.create(file=("zorbania.jsonl", _training_file()), purpose="fine-tune").id
                 test_file = acme.files.create(file=("zorbania-test.jsonl", _test_file()), purpose="fine-tune").id
                 job = acme.fine_tuning.jobs.create(
@@ -133,6 +137,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint:
             finally:
                 worker.stop()
                 stack_evals["worker"].stop()
+                for client in clients:
+                    client.close()
 
 
 def _ask(client: openai.OpenAI, model: str, question: str, max_tokens: int = 24) -> str:

@@ -62,7 +62,8 @@ class RequestMiddleware:
         status = 500  # what the client gets if the app fails before answering
         started = False
         limited = None
-        if self.limiter is not None and scope["path"].startswith("/v1/"):
+        # A CORS preflight carries no key and costs nothing: limiting it would only break browsers.
+        if self.limiter is not None and scope["path"].startswith("/v1/") and scope.get("method") != "OPTIONS":
             limited = await self.limiter.check(rate_limit.identity(scope))
 
         async def send_with_id(message: Message) -> None:

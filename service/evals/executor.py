@@ -32,6 +32,7 @@ from service.evals.models import GenerationError, ModelClient
 log = logging.getLogger("tailor.evals")
 
 RENEW_SECONDS = 1.0
+JUDGE_MAX_TOKENS = 512
 
 
 @dataclass
@@ -261,7 +262,8 @@ def judge_for(models: ModelClient, project_id: str) -> Callable[[str, list[dict[
     """The `judge` of score_model and label_model graders: any model this project may use."""
 
     async def judge(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> JudgeReply:
-        completion = await models.chat(project_id, model, messages, sampling)
+        # A verdict is short; without a bound a small model may write until its context ends.
+        completion = await models.chat(project_id, model, messages, {"max_completion_tokens": JUDGE_MAX_TOKENS} | sampling)
         return JudgeReply(text=completion.text, usage={**completion.usage, "invocation_count": 1})
 
     return judge

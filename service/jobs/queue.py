@@ -139,12 +139,13 @@ class WorkQueue:
         if job is None:  # only a duplicate `_job_id` is refused, and none is given
             raise BackendUnavailable("The work queue refused the request. Try again shortly.")
         try:
-            async with _unavailable_on_error():
-                return await job.result(timeout=timeout, poll_delay=0.1)
-        except TimeoutError as exc:
+            return await job.result(timeout=timeout, poll_delay=0.1)
+        except TimeoutError as exc:  # before OSError: TimeoutError is one
             raise BackendUnavailable(
                 f"No eval worker answered within {timeout:g} s (is `tailor eval-worker` running?). Try again shortly."
             ) from exc
+        except (OSError, RedisError) as exc:
+            raise BackendUnavailable(f"The work queue (Redis) is unavailable: {exc!r}. Try again shortly.") from exc
 
     async def signal(self, job_id: str, signal: Signal) -> None:
         async with _unavailable_on_error():
@@ -173,4 +174,4 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
     except (OSError, RedisError) as exc:
-        raise BackendUnavailable(f"The work queue (Redis) is unavailable: {exc}. Try again shortly.") from exc
+        raise BackendUnavailable(f"The work queue (Redis) is unavailable: {exc!r}. Try again shortly.") from exc
