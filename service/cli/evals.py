@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.core.jsonl import JsonlError, iter_objects
 from service.evals.compare import (
     ITEM_SCHEMA,
     ModelResult,
@@ -21,17 +20,14 @@ from service.evals.compare import (
     summarize,
     table,
 )
-from service.evals.data import BadRow
+from service.evals.data import jsonl_objects
 
 POLL_SECONDS = 1.0
 FINISHED = ("completed", "failed", "canceled")
 
 
 def read_test_file(path: Path) -> list[dict[str, Any]]:
-    try:
-        return chat_items(iter_objects(path))
-    except JsonlError as exc:
-        raise BadRow(exc.line, f"not a JSON object ({exc.detail})") from exc
+    return chat_items(jsonl_objects(path))
 
 
 def wait_for_runs(client: Any, eval_id: str, run_ids: Sequence[str], echo: Callable[[str], None], timeout: float) -> list[Any]:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import tempfile
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -29,13 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.core.db import rows_changed
 from service.core.errors import InvalidRequest
 from service.core.ids import now
-from service.core.jsonl import JsonlError, iter_objects
 from service.core.settings import Settings
 from service.core.storage import ObjectStore
 from service.core.tables import Eval, EvalOutputItem, EvalRun, File, FineTuningJob
 from service.evals import compare, runs, spec
 from service.evals.availability import cosine_available
-from service.evals.data import BadRow
+from service.evals.data import BadRow, downloaded, jsonl_objects
 from service.evals.models import ModelClient
 from service.jobs import lifecycle as lc
 from service.jobs.queue import WorkQueue
@@ -168,7 +165,7 @@ async def _start(
     if evaluation.get("general_knowledge"):
         ev, base_run = await _general_knowledge(session, job.project_id, base, report_base)
         tuned_run = runs.new_run(ev, "tuned", tuned, _general_knowledge_source(tuned), report_base)
-        created += [r for r in (base_run, tuned_run) if r.id not in {c.id for c in created}]
+        created += [base_run, tuned_run]  # a reused base run is finished or already queued
         evaluation["general_knowledge_check"] = {"eval_id": ev.id, "runs": {"base": base_run.id, "tuned": tuned_run.id}}
     evaluation["status"] = RUNNING
     if not await _set(session, job, evaluation, expect=PENDING):
@@ -210,13 +207,8 @@ async def _test_rows(session: AsyncSession, store: ObjectStore, project_id: str,
         raise BadRow(0, "the file no longer exists")
 
     def read() -> list[dict[str, Any]]:
-        with tempfile.TemporaryDirectory(prefix="tailor-scratch-eval-") as tmp:
-            path = Path(tmp) / "test.jsonl"
-            store.download(file.storage_key, path)
-            try:
-                return compare.chat_items(iter_objects(path))
-            except JsonlError as exc:
-                raise BadRow(exc.line, f"not a JSON object ({exc.detail})") from exc
+        with downloaded(store, file.storage_key) as path:
+            return compare.chat_items(jsonl_objects(path))
 
     return await asyncio.to_thread(read)
 

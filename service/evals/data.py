@@ -8,6 +8,8 @@ bare object (no `item` key) is taken as the item itself, the form most people wr
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,18 +69,30 @@ def rows_from_content(content: list[Any]) -> list[Row]:
     return [to_row(i, i + 1, entry) for i, entry in enumerate(content)]
 
 
-def rows_from_file(store: ObjectStore, storage_key: str, max_items: int) -> list[Row]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line, object) of a JSONL file; a line that is not a JSON object is a BadRow naming it."""
+    try:
+        yield from iter_objects(path)
+    except JsonlError as exc:
+        raise BadRow(exc.line, f"not a JSON object ({exc.detail})") from exc
+
+
+@contextmanager
+def downloaded(store: ObjectStore, storage_key: str) -> Iterator[Path]:
+    """The stored object as a local scratch file, removed when the block ends."""
     with tempfile.TemporaryDirectory(prefix="tailor-scratch-eval-") as tmp:
         path = Path(tmp) / "data.jsonl"
         store.download(storage_key, path)
+        yield path
+
+
+def rows_from_file(store: ObjectStore, storage_key: str, max_items: int) -> list[Row]:
+    with downloaded(store, storage_key) as path:
         rows: list[Row] = []
-        try:
-            for line, obj in iter_objects(path):
-                if len(rows) >= max_items:
-                    raise BadRow(line, f"the run holds more than {max_items} items (TAILOR_EVAL_MAX_ITEMS)")
-                rows.append(to_row(len(rows), line, obj))
-        except JsonlError as exc:
-            raise BadRow(exc.line, f"not a JSON object ({exc.detail})") from exc
+        for line, obj in jsonl_objects(path):
+            if len(rows) >= max_items:
+                raise BadRow(line, f"the run holds more than {max_items} items (TAILOR_EVAL_MAX_ITEMS)")
+            rows.append(to_row(len(rows), line, obj))
         return rows
 
 

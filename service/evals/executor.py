@@ -26,6 +26,7 @@ from service.core.storage import ObjectStore
 from service.core.tables import Eval, EvalRun, File
 from service.evals import data, runs, spec
 from service.evals.graders import Grader, GradingTools, JudgeReply, chat_messages, grade, make_sample
+from service.evals.graders.results import add_usage, merge_usage
 from service.evals.metrics import EvalMetrics
 from service.evals.models import GenerationError, ModelClient
 
@@ -33,6 +34,8 @@ log = logging.getLogger("tailor.evals")
 
 RENEW_SECONDS = 1.0
 JUDGE_MAX_TOKENS = 512
+# What a jsonl run's samples show for sampling: nothing was sampled.
+JSONL_SAMPLING = {"temperature": 0.0, "max_completion_tokens": 0, "top_p": 0.0, "seed": 0}
 
 
 @dataclass
@@ -42,7 +45,7 @@ class EvalContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     store: ObjectStore
     models: ModelClient
-    tools_for: Callable[[str, list[Grader]], GradingTools]  # (project id, graders) → tools
+    tools_for: Callable[[str], GradingTools]  # project id → what its graders may call
     metrics: EvalMetrics
 
 
@@ -76,7 +79,7 @@ async def execute_run(ctx: EvalContext, run_id: str) -> str:
         return "failed"
     pending = [row for row in rows if row.index not in done]
     log.info("eval run %s: %d items, %d written before, %d to go", run_id, len(rows), len(done), len(pending))
-    tools = ctx.tools_for(run.project_id, [g for _, g in criteria])
+    tools = ctx.tools_for(run.project_id)
     work = asyncio.create_task(_process_all(ctx, run, source, criteria, tools, pending, progress))
     ended = await _watch(ctx, run_id, work, progress)
     if ended != "finished":
@@ -168,8 +171,7 @@ async def _process(
         except (ApiError, GenerationError) as exc:
             sample_shown["error"] = {"code": "grader_error", "message": exc.message}
             return {"status": runs.ERROR, "datasource_item": row.item, "results": results, "sample": sample_shown, "usage": usage}
-        for model, tokens in outcome.token_usage.items():
-            _add_usage(usage, model, tokens)
+        merge_usage(usage, outcome.token_usage)
         results.append(
             {
                 "name": criterion_id,
@@ -190,15 +192,7 @@ async def _generate(
     """(the sample as the output item shows it, the sample graders see, the error if any)."""
     assert source.model is not None
     sampling = {"temperature": 1.0, "top_p": 1.0, "seed": 42, "max_completion_tokens": 2048} | source.sampling
-    shown: dict[str, Any] = {
-        "input": [],
-        "output": [],
-        "finish_reason": "",
-        "model": source.model,
-        "usage": {"total_tokens": 0, "completion_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0},
-        "error": None,
-        **{k: sampling[k] for k in ("temperature", "max_completion_tokens", "top_p", "seed")},
-    }
+    shown = _blank_sample(source.model, sampling)
     try:
         messages = _input_messages(source, row)
     except KeyError as exc:
@@ -210,7 +204,7 @@ async def _generate(
     except GenerationError as exc:
         shown["error"] = {"code": exc.code, "message": exc.message}
         return shown, {}, shown["error"]
-    _add_usage(usage, source.model, {**completion.usage, "invocation_count": 1})
+    add_usage(usage, source.model, completion.usage)
     shown["output"] = [{"role": "assistant", "content": completion.text}]
     shown["finish_reason"] = completion.finish_reason
     shown["usage"] = {**completion.usage, "cached_tokens": 0}
@@ -235,27 +229,25 @@ def _input_messages(source: spec.RunSource, row: data.Row) -> list[dict[str, Any
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _jsonl_sample(sample: dict[str, Any] | None) -> dict[str, Any]:
-    """A jsonl row's own sample, in the output item's shape (nothing was generated)."""
-    text = str((sample or {}).get("output_text", ""))
+def _blank_sample(model: str, sampling: dict[str, Any]) -> dict[str, Any]:
+    """An output item's `sample` before (or without) a generation: every field the spec requires."""
     return {
         "input": [],
-        "output": [{"role": "assistant", "content": text}] if sample else [],
+        "output": [],
         "finish_reason": "",
-        "model": str((sample or {}).get("model", "")),
+        "model": model,
         "usage": {"total_tokens": 0, "completion_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0},
         "error": None,
-        "temperature": 0.0,
-        "max_completion_tokens": 0,
-        "top_p": 0.0,
-        "seed": 0,
+        **{k: sampling[k] for k in ("temperature", "max_completion_tokens", "top_p", "seed")},
     }
 
 
-def _add_usage(usage: dict[str, dict[str, int]], model: str, tokens: dict[str, int]) -> None:
-    total = usage.setdefault(model, {})
-    for key, value in tokens.items():
-        total[key] = total.get(key, 0) + int(value)
+def _jsonl_sample(sample: dict[str, Any] | None) -> dict[str, Any]:
+    """A jsonl row's own sample, in the output item's shape (nothing was generated)."""
+    shown = _blank_sample(str((sample or {}).get("model", "")), JSONL_SAMPLING)
+    if sample:
+        shown["output"] = [{"role": "assistant", "content": str(sample.get("output_text", ""))}]
+    return shown
 
 
 def judge_for(models: ModelClient, project_id: str) -> Callable[[str, list[dict[str, Any]], dict[str, Any]], Any]:
@@ -264,6 +256,6 @@ def judge_for(models: ModelClient, project_id: str) -> Callable[[str, list[dict[
     async def judge(model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> JudgeReply:
         # A verdict is short; without a bound a small model may write until its context ends.
         completion = await models.chat(project_id, model, messages, {"max_completion_tokens": JUDGE_MAX_TOKENS} | sampling)
-        return JudgeReply(text=completion.text, usage={**completion.usage, "invocation_count": 1})
+        return JudgeReply(text=completion.text, usage=completion.usage)
 
     return judge

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.core.registry import BaseModelSpec
 from service.core.settings import Settings
 from service.core.topology import upstreams
-from service.jobs.catalog import find_usable
+from service.jobs.catalog import base_of
 
 
 class GenerationError(Exception):
@@ -50,11 +50,10 @@ class ModelClient:
         self.judge_headers = {"Authorization": f"Bearer {settings.judge_api_key}"} if settings.judge_api_key else {}
 
     async def base_of(self, project_id: str, model: str) -> str | None:
-        if model in self.base_models:
+        if model in self.base_models:  # no database round trip for the common case
             return model
         async with self.sessionmaker() as session:
-            row = await find_usable(session, project_id, model)
-        return row.base_model if row is not None else None
+            return await base_of(session, project_id, model, self.base_models)
 
     async def chat(self, project_id: str, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> Completion:
         base = await self.base_of(project_id, model)

@@ -21,6 +21,7 @@ from service.core import outbox
 from service.core.db import rows_changed
 from service.core.ids import new_id, now
 from service.core.tables import Eval, EvalOutputItem, EvalRun
+from service.evals.graders.results import merge_usage
 
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELED = "queued", "in_progress", "completed", "failed", "canceled"
 UNFINISHED = (QUEUED, IN_PROGRESS)
@@ -155,10 +156,7 @@ class Progress:
             for result in results:
                 tally = self.per_criterion.setdefault(result["name"], {"passed": 0, "failed": 0})
                 tally["passed" if result.get("passed") else "failed"] += 1
-        for model, tokens in usage.items():
-            total = self.usage.setdefault(model, {})
-            for key, value in tokens.items():
-                total[key] = total.get(key, 0) + int(value)
+        merge_usage(self.usage, usage)
 
     def columns(self) -> dict[str, Any]:
         return {

@@ -30,7 +30,7 @@ from service.core.storage import open_configured_store
 from service.evals import after_training, runs
 from service.evals.embedding import EmbedderUnavailable, load_embedder
 from service.evals.executor import EvalContext, execute_run, judge_for
-from service.evals.graders import Grader, GradeResult, GradingTools, PythonSandbox, grade, make_sample, parse_grader
+from service.evals.graders import GradeResult, GradingTools, PythonSandbox, grade, make_sample, parse_grader
 from service.evals.metrics import EvalMetrics
 from service.evals.models import GenerationError, ModelClient
 from service.jobs.queue import WorkQueue, dumps, redis_settings
@@ -60,9 +60,7 @@ async def run_grader(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, 
     try:
         grader = parse_grader(payload["grader"], param="grader")
         started = time.monotonic()
-        result = await grade(
-            grader, payload["item"], make_sample(payload["model_sample"]), w.tools_for(payload["project_id"], [grader])
-        )
+        result = await grade(grader, payload["item"], make_sample(payload["model_sample"]), w.tools_for(payload["project_id"]))
     except ApiError as exc:
         w.metrics.grader_calls.labels("refused").inc()
         return {"error": exc.envelope(), "status": exc.status_code}
@@ -151,7 +149,7 @@ def build_eval_worker(settings: Settings, worker_id: str | None = None, metrics:
             else None
         )
 
-        def tools_for(project_id: str, graders: list[Grader]) -> GradingTools:
+        def tools_for(project_id: str) -> GradingTools:
             return GradingTools(judge=judge_for(models, project_id), embed=embed, python=sandbox)
 
         w = EvalContext(settings, worker_id, sessionmaker, open_configured_store(settings), models, tools_for, metrics)

@@ -6,6 +6,7 @@ recording one that exists changes nothing. The caller commits.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -94,3 +95,12 @@ async def find_usable(session: AsyncSession, project_id: str, name: str) -> Fine
         .where(FineTunedModel.id == name, CheckpointPermission.project_id == project_id)
     )
     return (await session.execute(shared)).scalar_one_or_none()
+
+
+async def base_of(session: AsyncSession, project_id: str, name: str, base_models: Collection[str]) -> str | None:
+    """The base model whose servers answer `name` for this project (a base model, or a
+    fine-tuned model it may use); None when it may use no such model."""
+    if name in base_models:
+        return name
+    row = await find_usable(session, project_id, name)
+    return row.base_model if row is not None else None

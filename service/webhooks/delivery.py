@@ -109,16 +109,17 @@ async def _send(
 ) -> None:
     delivered, code, error = await attempt(client, settings, delivery, endpoint)
     attempts = delivery.attempts + 1
+    next_at = time.time() + next_wait(settings, attempts)
     values: dict[str, object] = {"attempts": attempts, "claimed_until": None, "last_status_code": code, "last_error": error}
     if delivered:
         values |= {"status": DELIVERED, "delivered_at": now()}
         label = "delivered"
-    elif time.time() + next_wait(settings, attempts) > delivery.created_at + settings.webhook_retry_for_seconds:
+    elif next_at > delivery.created_at + settings.webhook_retry_for_seconds:
         values["status"] = FAILED
         label = "failed"
         log.warning("webhook %s to %s: giving up after %d attempts (%s)", delivery.id, endpoint.url, attempts, error)
     else:
-        values["next_attempt_at"] = time.time() + next_wait(settings, attempts)
+        values["next_attempt_at"] = next_at
         label = "retry"
     async with sessionmaker() as session:
         await session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values))

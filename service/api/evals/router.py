@@ -109,12 +109,8 @@ async def retrieve_run(run: OwnedRunDep) -> RunObject:
 
 
 @router.post("/{eval_id}/runs/{run_id}", response_model=RunObject, responses=error_responses(409))
-async def cancel_run(run: OwnedRunDep, session: SessionDep) -> RunObject:
-    return RunObject.of(await service.cancel_run(session, run))
-
-
 @router.post("/{eval_id}/runs/{run_id}/cancel", response_model=RunObject, responses=error_responses(409))
-async def cancel_run_at_cancel(run: OwnedRunDep, session: SessionDep) -> RunObject:
+async def cancel_run(run: OwnedRunDep, session: SessionDep) -> RunObject:
     return RunObject.of(await service.cancel_run(session, run))
 
 

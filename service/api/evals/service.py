@@ -20,7 +20,7 @@ from service.core.settings import Settings
 from service.core.tables import Eval, EvalOutputItem, EvalRun
 from service.evals import runs, spec
 from service.evals.availability import cosine_available
-from service.jobs.catalog import find_usable
+from service.jobs.catalog import base_of
 from service.jobs.queue import WorkQueue
 
 log = logging.getLogger("tailor.evals")
@@ -30,7 +30,7 @@ Order = Literal["asc", "desc"]
 
 async def servable(session: AsyncSession, project_id: str, model: str, base_models: dict[str, BaseModelSpec]) -> bool:
     """Whether Tailor serves `model` to this project: a base model, one of its ft: models, or one shared with it."""
-    return model in base_models or await find_usable(session, project_id, model) is not None
+    return await base_of(session, project_id, model, base_models) is not None
 
 
 async def _check_judges(
