@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -26,7 +27,9 @@ from trainer.ml.base_model import BaseModelError, load_tokenizer, materialize  #
 from trainer.ml.chat_tokens import IGNORE  # noqa: E402
 from trainer.ml.checkpoint import ResumeError  # noqa: E402
 from trainer.ml.config import ConfigError, TrainConfig, resolve_auto  # noqa: E402
+from trainer.ml import report  # noqa: E402
 from trainer.ml.data import DatasetError, load_dataset, validate_file  # noqa: E402
+from trainer.ml.prepare import prepare  # noqa: E402
 from trainer.ml.packing import Segment, collate, first_fit_decreasing  # noqa: E402
 from trainer.ml.train import StepMetrics, train, train_files  # noqa: E402
 
@@ -136,10 +139,45 @@ def test_tool_calls_and_developer_fold_into_text_for_a_plain_template(tmp_path: 
 def test_long_examples_are_truncated_with_a_warning(tmp_path: Path, tokenizer: Any) -> None:
     rows = sft_rows(10) + [chat("the " * 100, "paris"), chat("hello", "paris " * 40)]
     data = load_dataset(write_jsonl(tmp_path / "t.jsonl", rows), tokenizer, "supervised", 60)
-    assert [line for line, _ in data.warnings] == [11, 12]
+    assert [line for line, _ in data.warnings] == [11]
     assert data.warnings[0][1].startswith("Line 11: ") and "skipped" in data.warnings[0][1]  # no reply left
-    assert data.warnings[1][1].startswith("Line 12: ") and "truncated to 60" in data.warnings[1][1]
+    assert [line for line, _ in data.truncated] == [11, 12]
     assert len(data) == 11 and max(e.n_tokens for e in data.examples) == 60
+    found = report.build(data, n_epochs=3)
+    assert [t["line"] for t in found["truncated"]] == [11, 12]
+    assert "2 examples are longer than the model's context of 60 tokens and will be truncated (lines 11, 12)" in found["warnings"]
+
+
+def test_data_report_finds_duplicates_conflicts_and_counts(tmp_path: Path, tokenizer: Any) -> None:
+    rows = [chat(f"question {i}", f"answer {i}") for i in range(12)]
+    rows += [chat("question 3", "answer 3"), chat("Question 4!", "answer 4"), chat("question 5", "another answer")]
+    rows += [{"messages": [{"role": "system", "content": "be brief"}, *chat("q", "a")["messages"]]}]
+    data = load_dataset(write_jsonl(tmp_path / "t.jsonl", rows), tokenizer, "supervised", 256)
+    found = report.build(data, n_epochs=2, tokens_per_second=100.0)
+    assert found["examples"] == 16 and found["exact_duplicates"] == [[4, 13]]
+    assert [5, 14] in found["near_duplicates"] and [4, 13] not in found["near_duplicates"]
+    assert found["conflicting_answers"] == [{"lines": [6, 15], "answers": 2}]
+    assert found["system_prompts"] == [{"text": "be brief", "examples": 1}]
+    t = found["tokens_per_example"]
+    assert t["min"] <= t["median"] <= t["p95"] <= t["max"]
+    assert found["billed_tokens"] == 2 * data.n_tokens and found["estimated_seconds"] == round(2 * data.n_tokens / 100)
+    assert any("exact duplicates" in w for w in found["warnings"]) and any("answered differently" in w for w in found["warnings"])
+    assert "billed tokens" in report.summary(found)
+
+
+def test_validation_split_is_seeded_and_keeps_twins_together(tmp_path: Path, tokenizer: Any) -> None:
+    rows = [chat(f"question {i}", f"answer {i}") for i in range(60)] + [chat("question 7", "answer 7")]
+    config = TrainConfig(seed=5)
+    first = prepare(config, tokenizer, 256, write_jsonl(tmp_path / "t.jsonl", rows), None)
+    again = prepare(config, tokenizer, 256, tmp_path / "t.jsonl", None)
+    assert first.valid is not None and first.validation == {"source": "split", "held_out": len(first.valid), "of": 61, "seed": 5}
+    assert 6 <= len(first.valid) <= 7 and len(first.train) + len(first.valid) == 61
+    held = {e.line for e in first.valid.examples}
+    assert held == {e.line for e in again.valid.examples}  # the same seed holds out the same lines
+    assert ({8, 61} <= held) or not ({8, 61} & held)  # line 61 repeats line 8: never split apart
+    assert "held out" in (first.split_message() or "")
+    off = prepare(TrainConfig(validation_split=0), tokenizer, 256, tmp_path / "t.jsonl", None)
+    assert off.valid is None and off.split_message() is None
 
 
 # --- data: validation errors -------------------------------------------------------------
@@ -164,7 +202,6 @@ WEIGHT_2 = {"messages": [{"role": "assistant", "content": "x", "weight": 2}]}
             7,
             "Line 7: messages[1].role 'robot' is not one of system, developer, user, assistant, tool",
         ),
-        (sft_rows(11) + [NO_REPLY], "supervised", BAD, 12, "Line 12: messages has no assistant message to train on"),
         (sft_rows(5), "supervised", "invalid_n_examples", None, "Training file has 5 examples; at least 10"),
         (sft_rows(6) + ['{"messages": [}'] + sft_rows(6), "supervised", BAD, 7, "Line 7: not valid JSON"),
         (dpo_rows(12), "supervised", BAD, 1, "Line 1: this is a preference (DPO) example"),
@@ -181,6 +218,22 @@ def test_validation_errors_name_code_line_and_field(
         validate_file(path, method)
     assert (exc.value.code, exc.value.line, exc.value.param) == (code, line, "training_file")
     assert fragment in exc.value.message
+
+
+def test_examples_without_a_reply_are_skipped_and_named(tmp_path: Path, tokenizer: Any) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", sft_rows(11) + [NO_REPLY])
+    data = load_dataset(path, tokenizer, "supervised", 256)
+    assert (len(data), data.untrainable) == (11, [12])
+    assert "1 of 12 examples has no assistant message to train on and is skipped (line 12)" in data.warnings[0][1]
+
+
+def test_a_file_with_no_reply_at_all_cannot_train(tmp_path: Path, tokenizer: Any) -> None:
+    weightless = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}
+    path = write_jsonl(tmp_path / "t.jsonl", [NO_REPLY] * 6 + [weightless] * 6)
+    with pytest.raises(DatasetError) as exc:
+        load_dataset(path, tokenizer, "supervised", 256)
+    assert (exc.value.code, exc.value.line) == (BAD, 1)
+    assert "No example of the training file has an assistant message to train on (lines 1, 2, 3" in exc.value.message
 
 
 def test_validation_file_errors_use_their_own_code(tmp_path: Path, tokenizer: Any) -> None:
@@ -228,7 +281,7 @@ def test_first_fit_decreasing_fills_rows() -> None:
 
 # A 64-token micro-batch budget splits every 4-example step into several packed forwards,
 # so gradient accumulation and mid-step pauses are exercised too.
-SFT_CONFIG: dict[str, Any] = dict(n_epochs=2, batch_size=4, learning_rate_multiplier=50.0, seed=3, device="cpu",
+SFT_CONFIG: dict[str, Any] = dict(n_epochs=2, batch_size=4, learning_rate_multiplier=20.0, seed=3, device="cpu",
                                   micro_batch_tokens=64, eval_interval=3)  # fmt: skip
 
 
@@ -284,6 +337,37 @@ def test_pause_then_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_pat
     assert rest.status == "succeeded"
     assert [s.train_loss for s in first + steps] == [s.train_loss for s in reference_run[0]]
     assert rest.trained_tokens == reference_run[1].trained_tokens
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    """Validation answers contradict the training ones: the better the model fits the
+    training file, the worse its validation loss, so training stops early."""
+    from safetensors.torch import load_file
+
+    train_rows = [chat(f"question {i}", "yes") for i in range(12)]
+    valid_rows = [chat(f"question {i}", "no") for i in range(12)]
+    config = TrainConfig(**{**SFT_CONFIG, "n_epochs": 8, "early_stopping_patience": 1})
+    steps: list[StepMetrics] = []
+    result = train_files(config, tiny_model, write_jsonl(tmp_path / "t.jsonl", train_rows), tmp_path / "out",
+                         validation_file=write_jsonl(tmp_path / "v.jsonl", valid_rows), on_step=steps.append)  # fmt: skip
+    full = [(s.step, s.full_valid_loss) for s in steps if s.full_valid_loss is not None]
+    assert len(full) == len(steps) // 3  # every epoch (3 steps) ends with a full validation
+    assert result.stopped_early and result.step < result.total_steps == 24
+    best_step, best_loss = min(full, key=lambda f: f[1])
+    assert result.best_step == best_step < result.step and result.best_full_valid_loss == best_loss
+    kept = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "out" / "checkpoints" / f"step-{best_step}" / "adapter_model.safetensors"))
+    assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
+
+
+def test_continued_training_starts_from_the_parent_adapter(tiny_model: Path, tmp_path: Path, reference_run: Any) -> None:
+    steps, parent = reference_run
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows(12))
+    tokenizer = load_tokenizer(tiny_model)
+    more: list[StepMetrics] = []
+    train(TrainConfig(**SFT_CONFIG), tiny_model, load_dataset(data, tokenizer, "supervised", 256), tmp_path / "b",
+          on_step=more.append, init_adapter=parent.adapter_dir)  # fmt: skip
+    assert more[0].train_loss < steps[0].train_loss - 0.5
 
 
 def test_checkpoints_on_a_clock_as_well_as_every_epoch(tiny_model: Path, tmp_path: Path) -> None:

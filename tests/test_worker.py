@@ -159,7 +159,8 @@ def test_job_trains_to_succeeded_with_metrics_checkpoints_and_result_file(stack:
     metrics = [e.data for e in evs if e.type == "metrics"]
     assert [m["step"] for m in metrics] == list(range(1, 10)) and all(m["total_steps"] == 9 for m in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
-    assert any("valid_loss" in m for m in metrics) and "full_valid_loss" in metrics[-1]
+    assert any("valid_loss" in m for m in metrics)
+    assert [m["step"] for m in metrics if "full_valid_loss" in m] == [3, 6, 9]  # every epoch
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [9, 6, 3]
@@ -167,7 +168,9 @@ def test_job_trains_to_succeeded_with_metrics_checkpoints_and_result_file(stack:
     assert checkpoints[-1].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-3"
 
     csv_text = client.files.content(done.result_files[0]).text
-    assert csv_text.splitlines()[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert csv_text.splitlines()[0] == (
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,full_valid_loss,full_valid_mean_token_accuracy"
+    )
     assert len(csv_text.splitlines()) == 10
     assert client.files.retrieve(done.result_files[0]).purpose == "fine-tune-results"
 
@@ -206,9 +209,9 @@ def test_job_trains_to_succeeded_with_metrics_checkpoints_and_result_file(stack:
             "Line 5",
         ),
         (
-            [chat("q", "a")] * 11 + [{"messages": [{"role": "user", "content": "only a question"}]}],
+            [{"messages": [{"role": "user", "content": f"only a question {i}"}]} for i in range(12)],
             "invalid_training_file",
-            "Line 12",
+            "No example of the training file has an assistant message to train on (lines 1, 2",
         ),
         ([chat("q", "a")] * 5, "invalid_n_examples", "5"),
         (
@@ -470,3 +473,137 @@ def test_qlora_on_a_cpu_worker_fails_with_a_clear_error(stack: dict[str, Any]) -
     done = wait_status(stack, job.id, {"failed", "succeeded"}, timeout=90)
     assert done.status == "failed" and done.error.code == "unsupported_configuration"
     assert "CUDA" in done.error.message
+
+
+# --- issue 12: the data report, the validation split, early stopping, continued training ---
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def result_json(client: openai.OpenAI, job: Any, filename: str) -> dict[str, Any]:
+    names = {client.files.retrieve(f).filename: f for f in job.result_files}
+    return json.loads(client.files.content(names[filename]).text)
+
+
+def stored_adapter(stack: dict[str, Any], job_id: str, folder: str) -> bytes:
+    s3 = boto3.client("s3", endpoint_url=stack["endpoint"], region_name="us-east-1")
+    try:
+        key = f"{stack['prefix']}/adapters/{job_id}/{folder}/adapter_model.safetensors"
+        return bytes(s3.get_object(Bucket=stack["bucket"], Key=key)["Body"].read())
+    finally:
+        s3.close()
+
+
+def test_data_report_warns_of_duplicates_and_long_examples(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    rows = [chat(" ".join(WORDS[i : i + 3]), f"answer {i}") for i in range(14)]
+    rows[5] = rows[2]  # line 6 repeats line 3
+    rows.append(chat(" ".join(WORDS * 60), "far too long"))  # line 15: over the tiny model's 256 tokens
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload(client, jsonl(rows)),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    )
+    done = wait_status(stack, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    warnings = [e.message for e in events(client, job.id) if e.level == "warn"]
+    assert any("exact duplicate" in w and "lines 3, 6" in w for w in warnings), warnings
+    assert any("longer than the model's context of 256 tokens" in w and "line 15" in w for w in warnings), warnings
+    summary = next(e.message for e in events(client, job.id) if e.message.startswith("Data report: 15 examples"))
+    assert "billed tokens" in summary and "on this worker" in summary
+    report = result_json(client, done, "data_report.json")
+    assert report["exact_duplicates"] == [[3, 6]] and [t["line"] for t in report["truncated"]] == [15]
+    assert report["examples"] == 15 and report["estimated_seconds"] is not None
+    assert report["billed_tokens"] == report["trained_tokens_per_epoch"] * 1
+    assert len(report["highest_loss_examples"]) == 10 and all(x["loss"] >= 0 for x in report["highest_loss_examples"])
+    assert any(e.message.startswith("Highest-loss training examples") for e in events(client, job.id))
+
+
+def test_no_validation_file_holds_out_a_split_with_full_valid_loss(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    rows = [chat(f"{WORDS[i % len(WORDS)]} {i}", f"answer {i % 7}") for i in range(60)]
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload(client, jsonl(rows)),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 6}}},
+        seed=11,
+    )
+    done = wait_status(stack, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    evs = events(client, job.id)
+    assert any(e.message.startswith("No validation file: held out 6 of 60 examples (10%, seed 11)") for e in evs)
+    full = [e.data for e in evs if e.type == "metrics" and "full_valid_loss" in e.data]
+    assert [m["step"] for m in full] == [9, 18] and all("full_valid_mean_token_accuracy" in m for m in full)
+    assert all(c.metrics.full_valid_loss is not None for c in client.fine_tuning.jobs.checkpoints.list(job.id).data)
+    assert result_json(client, done, "data_report.json")["validation"] == {"source": "split", "held_out": 6, "of": 60, "seed": 11}
+
+
+def test_rising_validation_loss_stops_early_and_keeps_the_best_checkpoint(stack: dict[str, Any]) -> None:
+    """Validation answers contradict the training ones, so validation loss rises as the
+    model learns: the job stops early and its model is the best checkpoint."""
+    client = stack["client"]
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload(client, jsonl([chat(f"question {i}", "yes") for i in range(12)])),
+        validation_file=upload(client, jsonl([chat(f"question {i}", "no") for i in range(12)])),
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 20}},
+        },
+        extra_body={"training": {"early_stopping_patience": 1}},
+    )
+    done = wait_status(stack, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    evs = events(client, job.id)
+    full = [(e.data["step"], e.data["full_valid_loss"]) for e in evs if e.type == "metrics" and "full_valid_loss" in e.data]
+    best_step = int(min(full, key=lambda f: f[1])[0])
+    last_step = int(full[-1][0])
+    assert last_step < 30, full
+    messages = [e.message for e in evs]
+    assert any(m.startswith(f"Early stopping at step {last_step} of 30") for m in messages), messages
+    assert any(m.startswith(f"Kept the checkpoint at step {best_step} as the fine-tuned model") for m in messages)
+    assert stored_adapter(stack, job.id, "final") == stored_adapter(stack, job.id, f"step-{best_step}")
+    assert result_json(client, done, "data_report.json")["early_stopping"]["best_step"] == best_step
+
+
+def test_continued_fine_tuning_starts_from_the_parent_adapter(stack: dict[str, Any]) -> None:
+    client = stack["client"]
+    hp = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 20}
+    training_file = upload(client, chat_file(12))
+    first = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=training_file,
+        suffix="base",
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )
+    parent = wait_status(stack, first.id, {"succeeded", "failed"})
+    assert parent.status == "succeeded", parent.error
+    second = client.fine_tuning.jobs.create(
+        model=parent.fine_tuned_model,
+        training_file=training_file,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )
+    assert second.model == parent.fine_tuned_model  # the job shows what it continues, as OpenAI does
+    child = wait_status(stack, second.id, {"succeeded", "failed"})
+    assert child.status == "succeeded", child.error
+    tag = f"from-{first.id.removeprefix('ftjob-')[:8]}"
+    assert child.fine_tuned_model == f"ft:{TINY}:trainers:{tag}:{second.id.removeprefix('ftjob-')}"
+    assert any(e.message == f"Continuing from {parent.fine_tuned_model}" for e in events(client, second.id))
+
+    def first_loss(job_id: str) -> float:
+        return float(next(e.data["train_loss"] for e in events(client, job_id) if e.type == "metrics"))
+
+    assert first_loss(second.id) < first_loss(first.id) - 0.5
+
+    # From a checkpoint too; and another project's model is not there for this project.
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(first.id).data[-1].fine_tuned_model_checkpoint
+    third = client.fine_tuning.jobs.create(model=checkpoint, training_file=training_file, suffix="again")
+    assert third.model == checkpoint
+    other_key = stack["server"].create_key("strangers")
+    with openai.OpenAI(base_url=stack["server"].base_url, api_key=other_key, max_retries=0) as stranger:
+        with pytest.raises(openai.NotFoundError) as exc:
+            stranger.fine_tuning.jobs.create(model=parent.fine_tuned_model, training_file=upload(stranger, chat_file(12)))
+    assert exc.value.code == "model_not_found" and exc.value.param == "model"
+    client.fine_tuning.jobs.cancel(third.id)

@@ -32,10 +32,11 @@ from service.jobs.messages import (
     Metrics,
     Pause,
     PausedAt,
+    Report,
     Started,
     Validated,
 )
-from trainer.ml.results import StepMetrics, StopRequest
+from trainer.ml.results import StepMetrics, StopRequest, TrainResult
 
 log = logging.getLogger("tailor.child")
 
@@ -153,16 +154,21 @@ def follower_main(argv: list[str]) -> int:
 
 
 def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str | None = None, main: bool = True) -> None:
+    from trainer.ml import report
     from trainer.ml.base_model import load_tokenizer, materialize, resolve_device
-    from trainer.ml.config import TrainConfig, resolve_auto
-    from trainer.ml.data import load_dataset
+    from trainer.ml.config import TrainConfig
+    from trainer.ml.lora import adapter_shape
+    from trainer.ml.prepare import prepare
     from trainer.ml.train import context_length, train
 
     model_path = materialize(spec.base_model, Path(spec.model_cache_dir))
+    lora = dict(spec.lora)
+    if spec.init_adapter_dir:  # continued fine-tuning keeps the parent adapter's shape
+        lora.update(adapter_shape(Path(spec.init_adapter_dir)))
     config = TrainConfig.from_job(
         spec.method_type,
         spec.hyperparameters,
-        spec.lora,
+        lora,
         seed=spec.seed,
         device=device or spec.device,
         checkpoint_interval_seconds=spec.checkpoint_interval_seconds,
@@ -170,17 +176,29 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
     )
     tokenizer = load_tokenizer(model_path)
     max_len = min(spec.base_model.context_length or 2048, context_length(model_path))
-    train_data = load_dataset(Path(spec.training_path), tokenizer, spec.method_type, max_len, "training")
-    valid_data = (
-        load_dataset(Path(spec.validation_path), tokenizer, spec.method_type, max_len, "validation")
-        if spec.validation_path
-        else None
-    )
-    for _, warning in list(train_data.warnings) + list(valid_data.warnings if valid_data else []):
-        send(Event(warning, level="warn"))
-    resolved = resolve_auto(config, len(train_data), resolve_device(spec.device).type)
-    send(Validated(resolved.hyperparameters(spec.method_type), resolved.total_steps))
-    send(Started())
+    validation_path = Path(spec.validation_path) if spec.validation_path else None
+    data = prepare(config, tokenizer, max_len, Path(spec.training_path), validation_path, resolve_device(spec.device).type)
+    resolved = data.resolved
+    resuming = spec.resume_dir is not None
+
+    def ready(tokens_per_second: float | None) -> None:
+        """Before the first step: the report (with the measured speed) and the resolved
+        hyperparameters; the job then moves to queued and running."""
+        if not resuming:
+            for warning in data.warnings:
+                send(Event(warning, level="warn"))
+            if (split := data.split_message()) is not None:
+                send(Event(split))
+            data_report = data.report(tokens_per_second)
+            for warning in data_report["warnings"]:
+                send(Event(warning, level="warn"))
+            send(Event(report.summary(data_report)))
+            send(Report(data_report))
+        send(Validated(resolved.hyperparameters(spec.method_type), resolved.total_steps))
+        send(Started())
+
+    if resuming:
+        ready(None)
 
     last: dict[str, float] = {}
 
@@ -195,20 +213,56 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
     result = train(
         config,
         model_path,
-        train_data,
+        data.train,
         Path(spec.output_dir),
-        valid_data,
+        data.valid,
         on_step=on_step,
         on_checkpoint=on_checkpoint,
         should_stop=should_stop,
         resume_from=Path(spec.resume_dir) if spec.resume_dir else None,
+        init_adapter=Path(spec.init_adapter_dir) if spec.init_adapter_dir else None,
+        on_ready=None if resuming else ready,
     )
-    if result.status == "succeeded":
-        if main:  # beside the adapter, for `GET /v1/models/{model}/weights`; vLLM reads only the top level
-            tokenizer.save_pretrained(Path(str(result.adapter_dir)) / TOKENIZER_DIR)
-        send(Done(str(result.adapter_dir), result.trained_tokens))
-    else:
+    if result.status != "succeeded":
         send(PausedAt(result.step))
+        return
+    if main:  # beside the adapter, for `GET /v1/models/{model}/weights`; vLLM reads only the top level
+        tokenizer.save_pretrained(Path(str(result.adapter_dir)) / TOKENIZER_DIR)
+    for message in _outcome_events(result):
+        send(Event(message))
+    send(
+        Report(
+            {
+                "highest_loss_examples": [{"line": line, "loss": round(loss, 4)} for line, loss in result.highest_loss_examples],
+                "early_stopping": {
+                    "stopped_early": result.stopped_early,
+                    "best_step": result.best_step or result.step,
+                    "best_full_valid_loss": result.best_full_valid_loss,
+                    "last_step": result.step,
+                    "total_steps": result.total_steps,
+                },
+            }
+        )
+    )
+    send(Done(str(result.adapter_dir), result.trained_tokens, result.best_step, result.best_in_adapter))
+
+
+def _outcome_events(result: TrainResult) -> list[str]:
+    out = []
+    if result.stopped_early:
+        out.append(
+            f"Early stopping at step {result.step} of {result.total_steps}: full_valid_loss has not improved "
+            f"since step {result.best_step or result.step}"
+        )
+    if result.best_step is not None:
+        out.append(
+            f"Kept the checkpoint at step {result.best_step} as the fine-tuned model: its full_valid_loss "
+            f"{result.best_full_valid_loss:.4f} is the lowest"
+        )
+    if result.highest_loss_examples:
+        shown = ", ".join(f"line {line} ({loss:.2f})" for line, loss in result.highest_loss_examples[:5])
+        out.append(f"Highest-loss training examples (often mislabelled or contradictory): {shown}")
+    return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from service.core.naming import adapter_prefix, file_key
 from service.core.tables import File, FineTuningEvent, FineTuningJob
 from service.jobs import catalog
 from service.jobs import lifecycle as lc
-from service.jobs.messages import Checkpoint, ChildMessage, Done, Event, Failed, Metrics, PausedAt, Started, Validated
+from service.jobs.messages import Checkpoint, ChildMessage, Done, Event, Failed, Metrics, PausedAt, Report, Started, Validated
 from trainer.context import WorkerContext
 from trainer.outcome import Outcome
 from trainer.wandb_sink import WandbSink, unavailable, wandb_config
@@ -37,7 +40,12 @@ CSV_COLUMNS = (
     "train_accuracy",
     "valid_loss",
     "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
 )
+REPORT_FILENAME = "data_report.json"
+# What a checkpoint's directory holds that the fine-tuned model must not (resume state).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 async def load_job(session: AsyncSession, job_id: str) -> FineTuningJob:
@@ -83,6 +91,8 @@ class Recorder:
                     await session.commit()
                 case Validated():
                     return await self._validated(session, job, message)
+                case Report():
+                    await self._report(session, job, message.values)
                 case Started():
                     return await self._started(session, job)
                 case Metrics():
@@ -111,6 +121,28 @@ class Recorder:
                 return Outcome.STOPPED
         await session.commit()
         return None
+
+    async def _report(self, session: AsyncSession, job: FineTuningJob, values: dict[str, Any]) -> None:
+        """The data report as a result file: created before training, completed at the end
+        (the same file: a job has one report)."""
+        existing = await self._report_file(session, job)
+        if existing is not None:
+            current = json.loads(await asyncio.to_thread(self.w.store.get_bytes, existing.storage_key))
+            payload = json.dumps({**current, **values}, indent=2).encode()
+            await asyncio.to_thread(self.w.store.put_bytes, existing.storage_key, payload)
+            existing.bytes = len(payload)
+        else:
+            row = await self._new_result_file(job, REPORT_FILENAME, json.dumps(values, indent=2).encode())
+            session.add(row)
+            job.result_files = [*(job.result_files or []), row.id]
+        await session.commit()
+
+    async def _report_file(self, session: AsyncSession, job: FineTuningJob) -> File | None:
+        if not job.result_files:
+            return None
+        return (
+            await session.execute(select(File).where(File.id.in_(job.result_files), File.filename == REPORT_FILENAME).limit(1))
+        ).scalar_one_or_none()
 
     async def _open_wandb(self, session: AsyncSession, job: FineTuningJob) -> None:
         """Start the job's W&B run when it asked for one; an event says why when it cannot."""
@@ -193,6 +225,8 @@ class Recorder:
 
     async def _done(self, session: AsyncSession, job: FineTuningJob, message: Done) -> Outcome:
         prefix = adapter_prefix(job.id, None)
+        if message.best_step is not None and not message.best_in_dir:
+            await asyncio.to_thread(self._copy_best_adapter, job.id, message.best_step, Path(message.dir))
         await asyncio.to_thread(self.w.store.put_dir, prefix, Path(message.dir))
         name = await catalog.record_final_model(session, job, prefix)
         result = await self._write_result_file(session, job)
@@ -204,7 +238,7 @@ class Recorder:
             allowed_from={lc.RUNNING},
             message="The job has successfully completed",
             fine_tuned_model=name,
-            result_files=[result.id],
+            result_files=[result.id, *(job.result_files or [])],
             trained_tokens=int(message.trained_tokens or job.trained_tokens or 0),
         )
         if not moved:
@@ -213,6 +247,29 @@ class Recorder:
             return Outcome.of_status(job.status)
         await session.commit()
         return Outcome.SUCCEEDED
+
+    def _copy_best_adapter(self, job_id: str, step: int, final_dir: Path) -> None:
+        """The kept checkpoint's weights into the final adapter's directory, from the store:
+        the child did not have that checkpoint (the job resumed on it after the best epoch)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            self.w.store.download_prefix(adapter_prefix(job_id, step), Path(scratch))
+            for name in ADAPTER_FILES:
+                shutil.copyfile(Path(scratch) / name, final_dir / name)
+
+    async def _new_result_file(self, job: FineTuningJob, filename: str, payload: bytes) -> File:
+        file_id = new_id("file-")
+        key = file_key(job.project_id, file_id)
+        await asyncio.to_thread(self.w.store.put_bytes, key, payload)
+        return File(
+            id=file_id,
+            project_id=job.project_id,
+            filename=filename,
+            purpose="fine-tune-results",
+            bytes=len(payload),
+            created_at=now(),
+            status="processed",
+            storage_key=key,
+        )
 
     async def _write_result_file(self, session: AsyncSession, job: FineTuningJob) -> File:
         events = (
@@ -238,22 +295,11 @@ class Recorder:
                     d.get("train_mean_token_accuracy"),
                     d.get("valid_loss"),
                     d.get("valid_mean_token_accuracy"),
+                    d.get("full_valid_loss"),
+                    d.get("full_valid_mean_token_accuracy"),
                 ]
             )
-        payload = buf.getvalue().encode()
-        file_id = new_id("file-")
-        key = file_key(job.project_id, file_id)
-        await asyncio.to_thread(self.w.store.put_bytes, key, payload)
-        row = File(
-            id=file_id,
-            project_id=job.project_id,
-            filename="step_metrics.csv",
-            purpose="fine-tune-results",
-            bytes=len(payload),
-            created_at=now(),
-            status="processed",
-            storage_key=key,
-        )
+        row = await self._new_result_file(job, "step_metrics.csv", buf.getvalue().encode())
         session.add(row)
         return row
 

@@ -17,9 +17,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.core.logs import call_with_logging
-from service.core.tables import File, FineTuningCheckpoint, FineTuningJob
+from service.core.tables import File, FineTunedModel, FineTuningCheckpoint, FineTuningJob
 from service.jobs import lease
 from service.jobs import lifecycle as lc
 from service.jobs.messages import ChildMessage, JobSpec, Pause
@@ -148,6 +149,11 @@ class JobRun:
                 await asyncio.to_thread(self.w.store.download_prefix, checkpoint.storage_key, resume_dir)
                 lc.add_event(session, job.id, f"Resuming from checkpoint at step {checkpoint.step_number}")
                 await session.commit()
+            init_dir = None
+            if job.parent_model and resume_dir is None:
+                init_dir = await self._download_parent(session, job)
+                if init_dir is None:
+                    return None
             method = job.method
             extra = job.extra_hyperparameters or {}
             return JobSpec(
@@ -166,7 +172,21 @@ class JobRun:
                 options=dict(extra.get("training") or {}),
                 processes=self.w.settings.train_processes,
                 checkpoint_interval_seconds=self.w.settings.checkpoint_interval_seconds or None,
+                init_adapter_dir=str(init_dir) if init_dir else None,
             )
+
+    async def _download_parent(self, session: AsyncSession, job: FineTuningJob) -> Path | None:
+        """A continued job's starting adapter; None (the job failed) when it is gone."""
+        parent = (await session.execute(select(FineTunedModel).where(FineTunedModel.id == job.parent_model))).scalar_one_or_none()
+        if parent is None:
+            message = f"The model {job.parent_model} was deleted before training; it cannot be continued."
+            await recorder.fail(session, job, "model_not_found", message, "model")
+            return None
+        directory = self.workdir / "parent"
+        await asyncio.to_thread(self.w.store.download_prefix, parent.storage_key, directory)
+        lc.add_event(session, job.id, f"Continuing from {job.parent_model}")
+        await session.commit()
+        return directory
 
     async def _supervise(self, spec: JobSpec) -> Outcome:
         from trainer.child import child_main

@@ -414,6 +414,49 @@ def jobs_follow(job_id: str, base_url: str, api_key: str) -> None:
 
 
 @main.group()
+def data() -> None:
+    """Training files, offline."""
+
+
+@data.command("check")
+@click.argument("training_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Base model whose tokenizer and context apply (default: the first one).")
+@click.option("--validation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True)
+@click.option("--validation-split", type=float, default=None, help="As the job's training.validation_split (default auto).")
+@click.option("--measure", is_flag=True, help="Time one training step here for the duration estimate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (the job's data_report.json).")
+def data_check(
+    training_file: Path,
+    model: str | None,
+    validation_file: Path | None,
+    method: str,
+    validation_split: float | None,
+    measure: bool,
+    as_json: bool,
+) -> None:
+    """The data report a fine-tuning job would show; exits 1 when the file cannot train."""
+    from service.cli.datacheck import check, print_report
+    from service.core.registry import load_registry
+    from trainer.ml.config import ConfigError
+    from trainer.ml.data import DatasetError
+
+    settings = get_settings()
+    registry = load_registry(settings.base_models_file)
+    name = model or next(iter(registry))
+    if name not in registry:
+        raise click.BadParameter(f"no base model {name!r}; known: {', '.join(registry)}", param_hint="--model")
+    options = {} if validation_split is None else {"validation_split": validation_split}
+    try:
+        found = check(registry[name], settings.resolved_model_cache_dir, training_file, validation_file, method, options, measure)
+    except (DatasetError, ConfigError) as exc:
+        code = getattr(exc, "code", "invalid_hyperparameters")
+        click.echo(f"error ({code}): {getattr(exc, 'message', exc)}", err=True)
+        sys.exit(1)
+    print_report(found, as_json)
+
+
+@main.group()
 def models() -> None:
     """Models, through the API."""
 

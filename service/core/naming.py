@@ -18,8 +18,25 @@ if TYPE_CHECKING:
 JOB_ID_PREFIX = "ftjob-"
 
 
+MAX_SUFFIX = 64
+_CHECKPOINT_PART = re.compile(r"^ckpt-step-([0-9]+)$")
+
+
 def fine_tuned_model_name(job: FineTuningJob, project_name: str) -> str:
-    return f"ft:{job.model}:{project_name}:{job.suffix or ''}:{job.id.removeprefix(JOB_ID_PREFIX)}"
+    suffix = job.suffix or ""
+    if job.parent_model:  # a continued job's name says where it came from
+        tag = lineage_tag(job.parent_model)
+        suffix = f"{suffix[: MAX_SUFFIX - len(tag) - 1]}.{tag}" if suffix else tag
+    return f"ft:{job.model}:{project_name}:{suffix}:{job.id.removeprefix(JOB_ID_PREFIX)}"
+
+
+def lineage_tag(parent: str) -> str:
+    """`from-{first 8 characters of the parent's job}` (`-s{N}` for its checkpoint at step N)."""
+    parts = parent.split(":")
+    step = None
+    if (match := _CHECKPOINT_PART.match(parts[-1])) is not None:
+        step, parts = match.group(1), parts[:-1]
+    return f"from-{parts[-1][:8]}" + (f"-s{step}" if step else "")
 
 
 def checkpoint_model_name(final_name: str, step: int) -> str:

@@ -78,7 +78,10 @@ class FineTuningJob(Base):
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    model: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))  # the base model, also for a continued job
+    # Continued fine-tuning: the fine-tuned model or checkpoint the job starts from (the
+    # `model` the API shows); None for a job that starts from its base.
+    parent_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
     status: Mapped[str] = mapped_column(String(32), index=True)
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -44,6 +44,8 @@ class JobSpec:
     processes: int | None = None
     # Checkpoint at least this often besides every epoch (TAILOR_CHECKPOINT_INTERVAL_SECONDS).
     checkpoint_interval_seconds: float | None = None
+    # Continued fine-tuning: the parent model's adapter, downloaded; training starts from it.
+    init_adapter_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (a data-parallel follower gets its spec on the command line)."""
@@ -76,6 +78,14 @@ class Validated:
 @dataclass(frozen=True)
 class Started:
     pass
+
+
+@dataclass(frozen=True)
+class Report:
+    """The data report (trainer/ml/report.py), as JSON-ready values; sent before training
+    and again at the end with what training found (highest-loss examples, early stopping)."""
+
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,10 @@ class PausedAt:
 class Done:
     dir: str
     trained_tokens: int
+    # Early stopping: the step kept as the model when it is not the last one, and whether
+    # `dir` already holds its weights (else the worker copies the stored checkpoint).
+    best_step: int | None = None
+    best_in_dir: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,4 +135,4 @@ class Failed:
     param: str | None = None
 
 
-ChildMessage = Event | Validated | Started | Metrics | Checkpoint | PausedAt | Done | Failed
+ChildMessage = Event | Validated | Started | Report | Metrics | Checkpoint | PausedAt | Done | Failed

@@ -37,6 +37,8 @@ class TrainingState:
     step: int
     trained_tokens: int
     fingerprint: dict[str, Any]
+    # Early stopping's memory: best full_valid_loss, its step, epochs since it improved.
+    best: dict[str, float] | None = None
 
 
 def save_adapter(model: Any, directory: Path) -> None:
@@ -65,6 +67,7 @@ def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimize
             "step": state.step,
             "trained_tokens": state.trained_tokens,
             "fingerprint": state.fingerprint,
+            "best": state.best,
         }
         (tmp / STATE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
@@ -75,6 +78,17 @@ def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimize
     return directory
 
 
+def load_adapter_weights(directory: Path, model: Any) -> None:
+    """Put a saved adapter's LoRA weights into `model` (same shape: rank and targets)."""
+    from peft import set_peft_model_state_dict
+
+    device = next(p.device for p in model.parameters())
+    result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_WEIGHTS), device=str(device)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ResumeError(f"{directory}: adapter weights do not fit the model ({unexpected[0]} ...)")
+
+
 def read_state(directory: Path) -> TrainingState:
     try:
         meta = json.loads((directory / STATE_JSON).read_text())
@@ -82,24 +96,23 @@ def read_state(directory: Path) -> TrainingState:
         raise ResumeError(f"{directory} is not a Tailor checkpoint (no readable {STATE_JSON})") from exc
     if meta.get("format") != FORMAT:
         raise ResumeError(f"{directory}: checkpoint format {meta.get('format')} is not {FORMAT}")
-    return TrainingState(step=int(meta["step"]), trained_tokens=int(meta["trained_tokens"]), fingerprint=meta["fingerprint"])
+    return TrainingState(
+        step=int(meta["step"]),
+        trained_tokens=int(meta["trained_tokens"]),
+        fingerprint=meta["fingerprint"],
+        best=meta.get("best"),
+    )
 
 
 def restore(
     directory: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, fingerprint: dict[str, Any]
 ) -> TrainingState:
     """Load adapter weights, optimizer, scheduler and RNG; the run must match the fingerprint."""
-    from peft import set_peft_model_state_dict
-
     state = read_state(directory)
     if state.fingerprint != fingerprint:
         changed = sorted(k for k in set(fingerprint) | set(state.fingerprint) if fingerprint.get(k) != state.fingerprint.get(k))
         raise ResumeError(f"cannot resume from {directory}: the run differs in {', '.join(changed)}")
-    device = next(p.device for p in model.parameters())
-    result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_WEIGHTS), device=str(device)))
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ResumeError(f"{directory}: adapter weights do not fit the model ({unexpected[0]} ...)")
+    load_adapter_weights(directory, model)
     saved = torch.load(directory / STATE_PT, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

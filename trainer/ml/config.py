@@ -15,16 +15,29 @@ from typing import Any, Literal
 Auto = Literal["auto"]
 AUTO: Auto = "auto"
 
-# LoRA learning rates (multiplied by learning_rate_multiplier): the usual LoRA SFT rate,
-# and a smaller one for DPO, whose loss is sharper.
-BASE_LEARNING_RATE = {"supervised": 2e-4, "dpo": 5e-5}
-# Epoch rule (as OpenAI describes it): 3 epochs, raised for tiny files so the model sees
-# at least MIN_TARGET_EXAMPLES examples, lowered for huge ones to MAX_TARGET_EXAMPLES.
+# LoRA learning rates at batch size 8 (multiplied by learning_rate_multiplier); "auto"
+# scales them with the square root of the batch size. LoRA wants about ten times the rate
+# of full fine-tuning; 2e-4 under-trained small files (bench/quality.py). DPO's loss is
+# sharper, so its rate is lower.
+BASE_LEARNING_RATE = {"supervised": 5e-4, "dpo": 5e-5}
+REFERENCE_BATCH = 8
+# Epoch rule: 3 epochs, raised for small files until a run makes MIN_AUTO_STEPS optimizer
+# steps (small files under-train otherwise), lowered for huge ones to MAX_TARGET_EXAMPLES.
 DEFAULT_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
+MIN_AUTO_STEPS = 48
 MAX_TARGET_EXAMPLES = 25_000
-MAX_AUTO_EPOCHS = 25
+MAX_AUTO_EPOCHS = 10
 MAX_AUTO_BATCH = 32
+# Validation held out when the job has no validation file: VALIDATION_SHARE of the
+# examples, at most MAX_AUTO_VALIDATION, only for files of MIN_SPLIT_EXAMPLES or more.
+VALIDATION_SHARE = 0.1
+MAX_AUTO_VALIDATION = 200
+MIN_SPLIT_EXAMPLES = 50
+MIN_TRAINING_AFTER_SPLIT = 10
+# Early stopping: full_valid_loss not improving by EARLY_STOPPING_MIN_DELTA (relative)
+# for this many consecutive epochs stops the run.
+DEFAULT_PATIENCE = 2
+EARLY_STOPPING_MIN_DELTA = 0.005
 
 
 def _help(text: str) -> dict[str, str]:
@@ -37,7 +50,10 @@ class TrainConfig:
     n_epochs: int | Auto = field(default=AUTO, metadata=_help("Passes over the training file."))
     batch_size: int | Auto = field(default=AUTO, metadata=_help("Examples (DPO: pairs) per optimizer step."))
     learning_rate_multiplier: float | Auto = field(
-        default=AUTO, metadata=_help("Multiplies the base LoRA learning rate (2e-4 supervised, 5e-5 DPO).")
+        default=AUTO,
+        metadata=_help(
+            "Multiplies the base LoRA learning rate (5e-4 supervised, 5e-5 DPO, at batch 8; auto: 1 x sqrt(batch / 8))."
+        ),
     )
     beta: float | Auto = field(default=AUTO, metadata=_help("DPO: how strongly to stay near the base model."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r of every adapted projection."))
@@ -62,6 +78,14 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.03, metadata=_help("Fraction of steps with a linear learning-rate warmup."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay on the adapter."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm; 0 disables clipping."))
+    validation_split: float | Auto = field(
+        default=AUTO,
+        metadata=_help("Share of the training file held out as validation when the job has none; 0 turns it off."),
+    )
+    early_stopping_patience: int | Auto = field(
+        default=AUTO,
+        metadata=_help("Epochs without a better full_valid_loss before training stops; 0 turns early stopping off."),
+    )
     checkpoint_interval_seconds: float | None = field(
         default=None, metadata=_help("Also checkpoint after the first step this long after the last checkpoint.")
     )
@@ -98,6 +122,7 @@ class Resolved:
     eval_interval: int
     steps_per_epoch: int
     total_steps: int
+    early_stopping_patience: int = 0  # epochs; 0: off
 
     def hyperparameters(self, method: str) -> dict[str, Any]:
         """What the API shows once "auto" is resolved."""
@@ -111,18 +136,32 @@ class Resolved:
         return out
 
 
-def auto_epochs(n_examples: int) -> int:
-    if n_examples * DEFAULT_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(1, n_examples)))
+def auto_batch_size(n_examples: int) -> int:
+    """About a sixteenth of the file rounded down to a power of two, 1 to 32: small files
+    get many steps per epoch (LoRA learns poorly from few large steps), large ones a
+    steady gradient."""
+    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 16)))))
+
+
+def auto_epochs(n_examples: int, batch_size: int) -> int:
+    steps_per_epoch = math.ceil(n_examples / max(1, batch_size))
     if n_examples * DEFAULT_EPOCHS > MAX_TARGET_EXAMPLES:
         return max(1, MAX_TARGET_EXAMPLES // n_examples)
-    return DEFAULT_EPOCHS
+    return max(DEFAULT_EPOCHS, min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_STEPS / steps_per_epoch)))
 
 
-def auto_batch_size(n_examples: int) -> int:
-    """About a tenth of the file rounded down to a power of two, 1 to 32: small files
-    still get several steps per epoch, large ones a steady gradient."""
-    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 10)))))
+def auto_learning_rate_multiplier(batch_size: int) -> float:
+    """Square-root scaling with the batch: the noise of a step shrinks as its batch grows."""
+    return round(math.sqrt(batch_size / REFERENCE_BATCH), 4)
+
+
+def validation_count(n_examples: int, split: float | Auto) -> int:
+    """How many examples to hold out as validation (0: none)."""
+    if split == AUTO:
+        if n_examples < MIN_SPLIT_EXAMPLES:
+            return 0
+        return min(MAX_AUTO_VALIDATION, max(5, round(n_examples * VALIDATION_SHARE)))
+    return max(0, min(n_examples - MIN_TRAINING_AFTER_SPLIT, round(n_examples * float(split)))) if split else 0
 
 
 class ConfigError(ValueError):
@@ -146,6 +185,13 @@ def _check(config: TrainConfig) -> None:
         positive(name, getattr(config, name), integer=True)
     for name in ("learning_rate_multiplier", "beta", "lora_alpha"):
         positive(name, getattr(config, name), integer=False)
+    if config.validation_split != AUTO and not (
+        isinstance(config.validation_split, int | float) and 0 <= config.validation_split <= 0.5
+    ):
+        raise ConfigError(f"validation_split must be 'auto' or a share from 0 to 0.5, not {config.validation_split!r}")
+    patience = config.early_stopping_patience
+    if patience != AUTO and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+        raise ConfigError(f"early_stopping_patience must be 'auto' or an integer >= 0, not {patience!r}")
     if not 0 <= config.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), not {config.lora_dropout!r}")
 
@@ -154,10 +200,15 @@ def resolve_auto(config: TrainConfig, n_examples: int, device_type: str = "cpu")
     """Numbers for every "auto" field, from the dataset size (and CPU vs GPU budgets)."""
     _check(config)
     gpu = device_type == "cuda"
-    n_epochs = auto_epochs(n_examples) if config.n_epochs == AUTO else int(config.n_epochs)
     batch = auto_batch_size(n_examples) if config.batch_size == AUTO else int(config.batch_size)
     batch = max(1, min(batch, n_examples))
-    lrm = 1.0 if config.learning_rate_multiplier == AUTO else float(config.learning_rate_multiplier)
+    n_epochs = auto_epochs(n_examples, batch) if config.n_epochs == AUTO else int(config.n_epochs)
+    lrm = (
+        auto_learning_rate_multiplier(batch)
+        if config.learning_rate_multiplier == AUTO
+        else float(config.learning_rate_multiplier)
+    )
+    patience = DEFAULT_PATIENCE if config.early_stopping_patience == AUTO else int(config.early_stopping_patience)
     beta = 0.1 if config.beta == AUTO else float(config.beta)
     steps_per_epoch = math.ceil(n_examples / batch)
     total = steps_per_epoch * n_epochs
@@ -175,4 +226,5 @@ def resolve_auto(config: TrainConfig, n_examples: int, device_type: str = "cpu")
         eval_interval=max(1, total // 10) if config.eval_interval == AUTO else int(config.eval_interval),
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
+        early_stopping_patience=patience,
     )

@@ -6,7 +6,9 @@ adapter never touches embeddings, norms or the output head.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,3 +46,9 @@ def build_lora_model(base: Any, config: TrainConfig) -> Any:
         # peft asks for a property transformers 5 deprecated; nothing for us to change.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(base, lora)
+
+
+def adapter_shape(directory: Path) -> dict[str, Any]:
+    """Rank, alpha and dropout of a saved adapter: a continued job trains the same shape."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    return {"rank": int(config["r"]), "alpha": config["lora_alpha"], "dropout": float(config.get("lora_dropout") or 0.0)}

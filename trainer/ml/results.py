@@ -38,6 +38,12 @@ class TrainResult:
     resolved: Resolved
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # Early stopping: the step kept as the fine-tuned model when it is not the last one.
+    best_step: int | None = None
+    best_in_adapter: bool = True  # adapter_dir holds best_step's weights
+    best_full_valid_loss: float | None = None
+    stopped_early: bool = False
+    highest_loss_examples: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass

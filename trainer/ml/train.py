@@ -10,7 +10,9 @@ resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +24,7 @@ import torch
 
 from trainer.ml import checkpoint as ckpt
 from trainer.ml.base_model import load_for_training, load_tokenizer, resolve_device
-from trainer.ml.config import TrainConfig, resolve_auto
+from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, TrainConfig, resolve_auto
 from trainer.ml.data import Dataset, load_dataset
 from trainer.ml.lora import build_lora_model, lora_targets
 from trainer.ml.losses import dpo_loss, pair_logprobs, score_targets, sequence_logprobs
@@ -34,6 +36,19 @@ __all__ = [
     "StepMetrics", "StopRequest", "TrainConfig", "TrainResult", "build_lora_model", "lora_targets", "resolve_auto",
     "train", "train_files",
 ]  # fmt: skip
+
+
+@dataclass
+class _Best:
+    """The lowest full_valid_loss so far, its step, and epochs since it last improved."""
+
+    loss: float
+    step: int
+    bad_epochs: int = 0
+
+
+# How many of the highest-loss training examples a run reports.
+HIGHEST_LOSS_EXAMPLES = 10
 
 
 @dataclass
@@ -69,6 +84,7 @@ class _Run:
         output_dir: Path,
         hooks: Hooks,
         base: Any = None,
+        init_adapter: Path | None = None,
     ):
         self.config, self.hooks, self.output_dir = config, hooks, output_dir
         self.train_data, self.valid_data = train_data, valid_data
@@ -80,6 +96,8 @@ class _Run:
             base = load_for_training(model_path, config.dtype, config.device, config.qlora)
         self.pad_id = int(base.config.pad_token_id if isinstance(base.config.pad_token_id, int) else 0)
         self.model = build_lora_model(base, config)
+        if init_adapter is not None:  # continued fine-tuning: start from the parent job's adapter
+            ckpt.load_adapter_weights(init_adapter, self.model)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.r.learning_rate, weight_decay=config.weight_decay)
@@ -90,6 +108,8 @@ class _Run:
         # DPO reference log-probs per example: the base model never changes, so each is
         # computed once (adapter disabled) and reused in later epochs.
         self.ref_cache: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}}
+        self.best: _Best | None = None
+        self.stopped_early = False
 
     def fingerprint(self) -> dict[str, Any]:
         c, r = self.config, self.r
@@ -110,6 +130,8 @@ class _Run:
     def resume(self, directory: Path) -> None:
         state = ckpt.restore(directory, self.model, self.optimizer, self.scheduler, self.fingerprint())
         self.step, self.tokens, self.saved_step = state.step, state.trained_tokens, state.step
+        if state.best:
+            self.best = _Best(float(state.best["loss"]), int(state.best["step"]), int(state.best["bad_epochs"]))
 
     def _poll(self) -> StopRequest:
         return self.hooks.should_stop() if self.hooks.should_stop else None
@@ -252,14 +274,31 @@ class _Run:
         )
         if self.valid_data is not None and self.step % self.r.eval_interval == 0:
             metrics.valid_loss, metrics.valid_mean_token_accuracy = self.evaluate(self._valid_window())
-        if self.valid_data is not None and self.step == self.r.total_steps:
+        if self.valid_data is not None and self._epoch_ends():
             metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = self.evaluate()
+            self._track_best(metrics.full_valid_loss)
         return metrics
+
+    def _epoch_ends(self) -> bool:
+        return self.step % self.r.steps_per_epoch == 0 or self.step == self.r.total_steps
+
+    def _track_best(self, loss: float) -> None:
+        """Early stopping's bookkeeping: an epoch counts as better when it lowers the best
+        full_valid_loss by a small relative margin (noise is not progress)."""
+        if self.best is None or loss < self.best.loss * (1 - EARLY_STOPPING_MIN_DELTA):
+            self.best = _Best(loss, self.step)
+        else:
+            self.best.bad_epochs += 1
+
+    def _should_stop_early(self) -> bool:
+        patience = self.r.early_stopping_patience
+        return patience > 0 and self.best is not None and self.best.bad_epochs >= patience
 
     def checkpoint(self) -> Path:
         directory = self.output_dir / "checkpoints" / f"step-{self.step}"
         if self.group.main and (self.saved_step != self.step or not directory.exists()):
-            state = ckpt.TrainingState(step=self.step, trained_tokens=self.tokens, fingerprint=self.fingerprint())
+            best = dataclasses.asdict(self.best) if self.best else None
+            state = ckpt.TrainingState(step=self.step, trained_tokens=self.tokens, fingerprint=self.fingerprint(), best=best)
             ckpt.save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state)
             self.saved_step, self.saved_at = self.step, time.monotonic()
             if self.hooks.on_checkpoint:
@@ -277,6 +316,7 @@ class _Run:
         status: Literal["succeeded", "paused", "cancelled"],
         adapter: Path | None,
         full_valid: tuple[float | None, float | None] = (None, None),
+        **extra: Any,
     ) -> TrainResult:
         return TrainResult(
             status=status,
@@ -287,6 +327,7 @@ class _Run:
             resolved=self.r,
             full_valid_loss=full_valid[0],
             full_valid_mean_token_accuracy=full_valid[1],
+            **extra,
         )
 
     def _stop(self, request: str) -> TrainResult:
@@ -312,15 +353,77 @@ class _Run:
                 self.hooks.on_step(metrics)
             if self.step % self.r.steps_per_epoch == 0 or self._checkpoint_is_due():
                 self.checkpoint()
+            if self._should_stop_early():
+                self.stopped_early = True
+                break
         full: tuple[float | None, float | None] = (None, None)
-        if metrics is not None:
+        if metrics is not None and metrics.full_valid_loss is not None:
             full = (metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy)
         elif self.valid_data is not None:  # resumed from the last step's checkpoint
             full = self.evaluate()
+        best_step, best_in_adapter = self._keep_best()
         final_dir = self.output_dir / "adapter"
         if self.group.main:  # every process holds the same weights
             ckpt.save_adapter(self.model, final_dir)
-        return self._result("succeeded", final_dir, full)
+        return self._result(
+            "succeeded",
+            final_dir,
+            full,
+            best_step=best_step,
+            best_in_adapter=best_in_adapter,
+            best_full_valid_loss=self.best.loss if self.best else None,
+            stopped_early=self.stopped_early,
+            highest_loss_examples=self.highest_loss_examples() if self.group.main else [],
+        )
+
+    def _keep_best(self) -> tuple[int | None, bool]:
+        """The step whose weights become the fine-tuned model when it is not the last one:
+        loaded here when its checkpoint is on this machine; otherwise the worker copies the
+        stored checkpoint (a job resumed elsewhere after its best epoch)."""
+        if self.best is None or self.best.step == self.step:
+            return None, True
+        local = self.output_dir / "checkpoints" / f"step-{self.best.step}"
+        if not local.exists():
+            return self.best.step, False
+        ckpt.load_adapter_weights(local, self.model)
+        return self.best.step, True
+
+    def highest_loss_examples(self, limit: int = HIGHEST_LOSS_EXAMPLES) -> list[tuple[int, float]]:
+        """(line, mean loss per trained token) of the training examples the final model
+        fits worst: usually mislabelled or contradicting others. Supervised runs only."""
+        if self.config.method != "supervised":
+            return []
+        self.model.eval()
+        losses: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        try:
+            idxs = list(range(len(self.train_data)))
+            with torch.no_grad():
+                for batch in self._batches(self.train_data, idxs):
+                    batch = batch.to(self.device)
+                    scores = score_targets(self.model, batch)
+                    units = torch.tensor([u for u, _ in batch.segments], device=self.device)[scores.segment]
+                    for unit, logprob in zip(units.tolist(), scores.logprobs.tolist(), strict=True):
+                        losses[unit][0] -= logprob
+                        losses[unit][1] += 1
+        finally:
+            self.model.train()
+        mean = [(self.train_data.examples[u].line, total / max(1.0, n)) for u, (total, n) in losses.items()]
+        return sorted(mean, key=lambda item: -item[1])[:limit]
+
+    def tokens_per_second(self) -> float:
+        """Measured on the first training step's real data, forward and backward, with the
+        gradients dropped and the RNG restored: the basis of the duration estimate. The
+        first pass warms up (lazy initialization, allocator) and is not timed."""
+        idxs = self._step_units(0)
+        rng = torch.get_rng_state()
+        self._pass(self.train_data, idxs[:1], {}, learn=True)
+        started = time.perf_counter()
+        measured = self._pass(self.train_data, idxs, {}, learn=True)
+        seconds = time.perf_counter() - started
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        tokens = measured.tokens if isinstance(measured, _Measured) else 0
+        return tokens / seconds if seconds > 0 else 0.0
 
 
 def train(
@@ -335,6 +438,8 @@ def train(
     should_stop: Callable[[], StopRequest] | None = None,
     resume_from: Path | None = None,
     base_model: Any = None,
+    init_adapter: Path | None = None,
+    on_ready: Callable[[float], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `model_path` (a materialized HF directory).
 
@@ -342,14 +447,25 @@ def train(
     (end of every epoch, on pause, and every `checkpoint_interval_seconds`); `should_stop` is polled before every step and
     between micro-batches: "cancel" returns at once, "pause" saves a checkpoint first.
     `resume_from` is a checkpoint directory of the same run. `base_model`: an already
-    loaded model to use instead of loading `model_path` (benchmarks with random weights)."""
+    loaded model to use instead of loading `model_path` (benchmarks with random weights).
+    `init_adapter`: an adapter directory to start from (continued fine-tuning). `on_ready`
+    gets the measured training speed in tokens per second before the first step of a
+    fresh run (the data report's duration estimate)."""
     if train_data.method != config.method:
         raise ValueError(f"the data was prepared for {train_data.method}, the config says {config.method}")
     hooks = Hooks(on_step=on_step, on_checkpoint=on_checkpoint, should_stop=should_stop)
-    run = _Run(config, model_path, train_data, valid_data, output_dir, hooks, base_model)
+    run = _Run(config, model_path, train_data, valid_data, output_dir, hooks, base_model, init_adapter)
     if resume_from is not None:
         run.resume(resume_from)
+    elif on_ready is not None:
+        on_ready(run.tokens_per_second())
     return run.run()
+
+
+def measured_speed(config: TrainConfig, model_path: Path, train_data: Dataset) -> float:
+    """Training tokens per second of this machine on this data (one step, thrown away)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return _Run(config, model_path, train_data, None, Path(scratch), Hooks()).tokens_per_second()
 
 
 def context_length(model_path: Path) -> int:

@@ -169,8 +169,8 @@ def check_chat(obj: dict[str, Any], line: int) -> ChatExample:
         raise FieldError('prompt/completion is the legacy format; write each example as {"messages": [...]}')
     _unknown_keys(obj, CHAT_KEYS)
     messages, trainable = _messages(obj.get("messages"), "messages")
-    if not any(trainable):
-        raise FieldError("messages has no assistant message to train on; add an assistant message (with weight 1, the default)")
+    # An example with no trainable assistant message is skipped and reported (data.py), not
+    # refused: only a file with none at all cannot train.
     return ChatExample(line=line, messages=messages, trainable=trainable, tools=check_tools(obj.get("tools")))
 
 

@@ -79,6 +79,16 @@ class TrainingOptions(RequestBody):
 
     qlora: bool = Field(False, description="Load the base model in 4-bit NF4 (QLoRA); needs a CUDA worker.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less GPU memory, slower.")
+    validation_split: Literal["auto"] | Annotated[float, Field(ge=0, le=0.5)] = Field(
+        "auto",
+        description="With no validation_file: the share of the training file held out as validation "
+        "(auto: 10%, at most 200, for files of 50 examples or more); 0 turns it off.",
+    )
+    early_stopping_patience: Literal["auto"] | Annotated[int, Field(ge=0, le=50, strict=True)] = Field(
+        "auto",
+        description="Epochs without a lower full_valid_loss before training stops (auto: 2); 0 turns it off. "
+        "The checkpoint with the lowest full_valid_loss becomes the fine-tuned model.",
+    )
 
 
 class EvaluationOptions(RequestBody):
@@ -181,7 +191,7 @@ class FineTuningJobObject(BaseModel):
             fine_tuned_model=row.fine_tuned_model,
             finished_at=row.finished_at,
             hyperparameters=method.hyperparameters,
-            model=row.model,
+            model=row.parent_model or row.model,
             organization_id=row.project_id,
             result_files=list(row.result_files or []),
             status=row.status,

@@ -27,6 +27,7 @@ from service.core.registry import BaseModelSpec
 from service.core.settings import Settings
 from service.core.tables import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from service.evals import after_training
+from service.jobs import catalog
 from service.jobs import lifecycle as lc
 from service.jobs.queue import WorkQueue
 
@@ -66,6 +67,24 @@ async def _check_training_file(session: AsyncSession, project_id: str, file_id: 
         )
 
 
+async def _starting_point(
+    session: AsyncSession, project_id: str, model: str, base_models: dict[str, BaseModelSpec]
+) -> tuple[str, str | None]:
+    """(base model, parent model): a base model starts from itself; a fine-tuned model or
+    checkpoint the project may use (its own, or one shared with it) continues its adapter."""
+    if model in base_models:
+        return model, None
+    if model.startswith("ft:") and (row := await catalog.find_usable(session, project_id, model)) is not None:
+        if row.base_model in base_models:
+            return row.base_model, row.id
+    known = ", ".join(sorted(base_models))
+    raise ModelNotFound(
+        f"The model '{model}' does not exist or you do not have access to it. Base models: {known}; "
+        "or one of your fine-tuned models or checkpoints (ft:...) to continue training it.",
+        param="model",
+    )
+
+
 async def create_job(
     session: AsyncSession,
     queue: WorkQueue,
@@ -74,14 +93,9 @@ async def create_job(
     base_models: dict[str, BaseModelSpec],
     settings: Settings,
 ) -> FineTuningJob:
-    if body.model not in base_models:
-        known = ", ".join(sorted(base_models))
-        raise ModelNotFound(
-            f"The model '{body.model}' does not exist or you do not have access to it. Base models: {known}.",
-            param="model",
-        )
+    base, parent = await _starting_point(session, principal.project_id, body.model, base_models)
     method = resolve_method(body)
-    queue_name = queue.queue_for(base_models[body.model])
+    queue_name = queue.queue_for(base_models[base])
     await _check_training_file(session, principal.project_id, body.training_file, "training_file")
     if body.validation_file is not None:
         await _check_training_file(session, principal.project_id, body.validation_file, "validation_file")
@@ -93,7 +107,8 @@ async def create_job(
     job = FineTuningJob(
         id=new_id("ftjob-"),
         project_id=principal.project_id,
-        model=body.model,
+        model=base,
+        parent_model=parent,
         status=lc.VALIDATING,
         training_file=body.training_file,
         validation_file=body.validation_file,
