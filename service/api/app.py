@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.api import health
 from service.api import metrics as api_metrics
 from service.api.auth import document_bearer_auth, forget_all_keys, forget_key
+from service.api.auth import router as auth_router
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
 from service.api.errors import install_error_handlers
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models_router,
         chat_router,
         evals_router,
+        auth_router,
     ):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.api.errors import error_responses
 from service.api.ttl_cache import TtlCache
 from service.core.errors import PermissionDenied, Unauthorized
 from service.core.ids import new_id, now
@@ -176,6 +179,29 @@ async def authenticate_lazily(request: Request) -> Principal:
         return known
     async with sessionmaker() as session:
         return await _look_up(session, token, key_hash)
+
+
+class ProjectRef(BaseModel):
+    id: str
+    name: str
+
+
+class MeObject(BaseModel):
+    """Who a key is: its project (what the dashboard shows), and whether it is an admin key."""
+
+    object: Literal["me"] = "me"
+    project: ProjectRef
+    admin: bool
+
+
+router = APIRouter()
+
+
+@router.get("/me", response_model=MeObject, responses=error_responses(401))
+async def me(request: Request) -> MeObject:
+    """Tailor's extension, read-only: the project of the key sent (the dashboard shows its name)."""
+    principal = await authenticate_lazily(request)
+    return MeObject(project=ProjectRef(id=principal.project_id, name=principal.project_name), admin=principal.admin)
 
 
 BEARER_SCHEME = {"ApiKeyAuth": {"type": "http", "scheme": "bearer", "description": "A project key from `tailor keys create`."}}
