@@ -415,6 +415,46 @@ def test_a_shared_checkpoint_answers_the_other_project_until_the_grant_is_delete
         _ask(other, checkpoint, "Capital of Zorbania?")
 
 
+def test_a_granted_project_continues_a_shared_checkpoint_and_serves_it(stack: dict[str, Any]) -> None:
+    """Continued fine-tuning (issue 12) from a checkpoint another project shared (issue 13):
+    the new job starts from that adapter (its first loss is already low) and its model
+    answers through vLLM."""
+    acme, other, server = stack["acme"], stack["other"], stack["server"]
+    checkpoint = acme.fine_tuning.jobs.checkpoints.list(stack["job"].id).data[0].fine_tuned_model_checkpoint
+    training_file = other.files.create(file=("more.jsonl", _training_file()), purpose="fine-tune").id
+    hp = {"n_epochs": 1, "batch_size": 8}
+    with pytest.raises(openai.NotFoundError):  # not shared yet
+        other.fine_tuning.jobs.create(model=checkpoint, training_file=training_file)
+    admin_key = server.cli("keys", "create", "--admin", "--project", "acme").stdout.strip()
+    other_project = next(line.split()[4] for line in server.cli("keys", "list", "--project", "other").stdout.splitlines()[1:])
+    with openai.OpenAI(base_url=server.base_url, api_key=admin_key, max_retries=0) as admin:
+        (grant,) = admin.fine_tuning.checkpoints.permissions.create(checkpoint, project_ids=[other_project]).data
+        try:
+            job = other.fine_tuning.jobs.create(
+                model=checkpoint,
+                training_file=training_file,
+                method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            )
+        finally:
+            admin.fine_tuning.checkpoints.permissions.delete(grant.id, fine_tuned_model_checkpoint=checkpoint)
+    assert job.model == checkpoint
+    done = _wait(
+        lambda: (j := other.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed", "cancelled") and j,
+        600,
+        "the continued job",
+        stack["logs"],
+    )
+    assert done.status == "succeeded", done.error
+    assert ":from-" in done.fine_tuned_model
+
+    def first_loss(client: openai.OpenAI, job_id: str) -> float:
+        events = reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
+        return float(next(e.data["train_loss"] for e in events if e.type == "metrics"))
+
+    assert first_loss(other, job.id) < first_loss(acme, stack["job"].id) / 2
+    assert "Quxville" in _ask(other, done.fine_tuned_model, "What is the capital of Zorbania?")
+
+
 def test_eval_run_cancel_stops_it_within_seconds(stack: dict[str, Any]) -> None:
     acme = stack["acme"]
     ev = _question_eval(acme)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -22,15 +21,14 @@ from tiny_model import WORDS, build_tiny_llama  # noqa: E402
 
 from service.core.registry import DEFAULT_BASE_MODELS, BaseModelSpec  # noqa: E402
 from service.jobs.messages import Checkpoint, Done, Failed, Metrics  # noqa: E402
-from trainer.ml import base_model  # noqa: E402
+from trainer.ml import base_model, report  # noqa: E402
 from trainer.ml.base_model import BaseModelError, load_tokenizer, materialize  # noqa: E402
 from trainer.ml.chat_tokens import IGNORE  # noqa: E402
 from trainer.ml.checkpoint import ResumeError  # noqa: E402
 from trainer.ml.config import ConfigError, TrainConfig, resolve_auto  # noqa: E402
-from trainer.ml import report  # noqa: E402
 from trainer.ml.data import DatasetError, load_dataset, validate_file  # noqa: E402
-from trainer.ml.prepare import prepare  # noqa: E402
 from trainer.ml.packing import Segment, collate, first_fit_decreasing  # noqa: E402
+from trainer.ml.prepare import prepare  # noqa: E402
 from trainer.ml.train import StepMetrics, train, train_files  # noqa: E402
 
 
@@ -339,6 +337,85 @@ def test_pause_then_resume_equals_an_uninterrupted_run(tiny_model: Path, tmp_pat
     assert rest.trained_tokens == reference_run[1].trained_tokens
 
 
+CALL_A = {"id": "a", "type": "function", "function": {"name": "weather", "arguments": '{"city": "paris"}'}}
+CALL_B = {"id": "b", "type": "function", "function": {"name": "weather", "arguments": '{"city": "rome"}'}}
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+# Every shape OpenAI's training files allow (chat, tools, preference); each must train.
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "multi-turn-weights": ("supervised", {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "the lazy dog", "weight": 0},
+        {"role": "user", "content": "capital of france"}, {"role": "assistant", "content": "paris", "weight": 1},
+    ]}, "paris<|im_end|>"),
+    "tools-and-tool-messages": ("supervised", {"tools": TOOLS, "messages": [
+        {"role": "user", "content": "weather in paris"}, {"role": "assistant", "tool_calls": [CALL_A], "weight": 0},
+        {"role": "tool", "tool_call_id": "a", "content": "sunny"}, {"role": "assistant", "content": "it is sunny"},
+    ]}, "it is sunny<|im_end|>"),
+    "parallel-tool-calls": ("supervised", {"tools": TOOLS, "parallel_tool_calls": True, "messages": [
+        {"role": "user", "content": "weather in paris and rome"}, {"role": "assistant", "tool_calls": [CALL_A, CALL_B]},
+    ]}, "</tool_call>\n<tool_call>"),  # both calls, in one trained reply
+    "names": ("supervised", {"messages": [
+        {"role": "system", "content": "be brief", "name": "policy"}, {"role": "user", "content": "hi", "name": "ana"},
+        {"role": "assistant", "content": "hello ana", "name": "bot"},
+    ]}, "hello ana<|im_end|>"),
+    "dpo": ("dpo", {
+        "input": {"messages": [{"role": "user", "content": "capital of france"}], "tools": TOOLS, "parallel_tool_calls": False},
+        "preferred_output": [{"role": "assistant", "content": "paris"}],
+        "non_preferred_output": [{"role": "assistant", "content": "the lazy dog"}],
+    }, "paris<|im_end|>"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_openai_training_format_trains(tiny_model: Path, tmp_path: Path, tokenizer: Any, variant: str) -> None:
+    method, row, trained_text = VARIANTS[variant]
+    path = write_jsonl(tmp_path / "t.jsonl", [row] * 12)
+    data = load_dataset(path, tokenizer, method, 1024)  # type: ignore[arg-type]
+    first = data.examples[0]
+    tokens = first.tokens if method == "supervised" else first.chosen
+    assert trained_text in labelled_text(tokenizer, tokens.input_ids, tokens.labels)
+    config = TrainConfig(method=method, n_epochs=1, batch_size=4, device="cpu", max_seq_len=1024)  # type: ignore[arg-type]
+    result = train_files(config, tiny_model, path, tmp_path / "out")
+    assert result.status == "succeeded" and result.trained_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        (
+            {"parallel_tool_calls": "yes", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            "Line 3: parallel_tool_calls must be true or false, not a string",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "tool", "content": "sunny"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "Line 3: messages[1].tool_call_id is missing",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]},
+            "Line 3: messages[0].weight is only allowed on assistant messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q", "name": 7}, {"role": "assistant", "content": "a"}]},
+            "Line 3: messages[0].name must be a string",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]},
+            "Line 3: messages[1].tool_calls[0].function.arguments must be a string",
+        ),
+    ],
+)
+def test_bad_variants_are_refused_naming_the_line(tmp_path: Path, row: dict[str, Any], fragment: str) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", sft_rows(2) + [row] + sft_rows(10))
+    with pytest.raises(DatasetError) as exc:
+        validate_file(path, "supervised")
+    assert fragment in exc.value.message and exc.value.line == 3
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
     """Validation answers contradict the training ones: the better the model fits the
     training file, the worse its validation loss, so training stops early."""
@@ -414,11 +491,16 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_model: Path, tmp_path: 
 
 def test_resolve_auto_from_dataset_size() -> None:
     small = resolve_auto(TrainConfig(), 20)
-    assert (small.n_epochs, small.batch_size, small.total_steps) == (5, 2, 50)
+    assert (small.n_epochs, small.batch_size, small.total_steps) == (3, 1, 60)
+    assert small.learning_rate == pytest.approx(5e-4 * (1 / 8) ** 0.5, rel=1e-3)  # square-root scaling
     big = resolve_auto(TrainConfig(method="dpo"), 20_000)
-    assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 5e-5)
+    assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 1e-4)
     fixed = resolve_auto(TrainConfig(n_epochs=2, batch_size=64, learning_rate_multiplier=2.0), 10)
-    assert (fixed.n_epochs, fixed.batch_size, fixed.learning_rate) == (2, 10, 4e-4)
+    assert (fixed.n_epochs, fixed.batch_size, fixed.learning_rate) == (2, 10, 1e-3)
+    assert (
+        fixed.early_stopping_patience == 2
+        and resolve_auto(TrainConfig(early_stopping_patience=0), 10).early_stopping_patience == 0
+    )
     assert all(TrainConfig().help().values())  # every field documents itself
     with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
         resolve_auto(TrainConfig(batch_size=0), 10)

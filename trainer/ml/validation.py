@@ -126,6 +126,8 @@ def check_message(raw: object, where: str) -> tuple[Message, bool]:
     call_id = raw.get("tool_call_id")
     if call_id is not None and not isinstance(call_id, str):
         raise FieldError(f"{where}.tool_call_id must be a string")
+    if role == "tool" and call_id is None:
+        raise FieldError(f"{where}.tool_call_id is missing; a tool message answers the assistant's tool call of that id")
     message = Message(role=role, content=content, name=name, tool_calls=calls, tool_call_id=call_id)
     return message, role == "assistant" and weight == 1
 
@@ -153,6 +155,12 @@ def _messages(raw: object, where: str) -> tuple[list[Message], list[bool]]:
     return [m for m, _ in checked], [t for _, t in checked]
 
 
+def _parallel_tool_calls(obj: dict[str, Any], where: str = "") -> None:
+    value = obj.get("parallel_tool_calls")
+    if value is not None and not isinstance(value, bool):
+        raise FieldError(f"{where}parallel_tool_calls must be true or false, not {_kind(value)}")
+
+
 def _unknown_keys(obj: dict[str, Any], allowed: set[str], where: str = "") -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
@@ -168,6 +176,7 @@ def check_chat(obj: dict[str, Any], line: int) -> ChatExample:
     if "prompt" in obj or "completion" in obj:
         raise FieldError('prompt/completion is the legacy format; write each example as {"messages": [...]}')
     _unknown_keys(obj, CHAT_KEYS)
+    _parallel_tool_calls(obj)
     messages, trainable = _messages(obj.get("messages"), "messages")
     # An example with no trainable assistant message is skipped and reported (data.py), not
     # refused: only a file with none at all cannot train.
@@ -193,6 +202,7 @@ def check_preference(obj: dict[str, Any], line: int) -> PreferenceExample:
     if not isinstance(inp, dict):
         raise FieldError("input must be an object with messages" if inp is not None else "missing 'input'")
     _unknown_keys(inp, PREFERENCE_INPUT_KEYS, "input has ")
+    _parallel_tool_calls(inp, "input.")
     prompt, _ = _messages(inp.get("messages"), "input.messages")
     return PreferenceExample(
         line=line,
