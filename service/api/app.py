@@ -16,6 +16,7 @@ from service.api.auth import document_bearer_auth, forget_all_keys, forget_key
 from service.api.auth import router as auth_router
 from service.api.chat.fast_path import ChatShortcut, RelayRoute
 from service.api.chat.router import router as chat_router
+from service.api.dashboard.router import router as dashboard_router
 from service.api.errors import install_error_handlers
 from service.api.evals.router import router as evals_router
 from service.api.files.janitor import sweep_forever
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, prefix="/v1")
     app.include_router(health.router)
+    app.include_router(dashboard_router)  # `/` and `/ui/…`: the web dashboard, on the same public API
     app.include_router(api_metrics.router)
     document_bearer_auth(app)
     return app
