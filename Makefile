@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint openapi clean
 
-setup: $(STAMP) redis-server-installed bubblewrap-installed setup-vllm
+setup: $(STAMP) redis-server-installed bubblewrap-installed chromium-installed setup-vllm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Tailor needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -55,6 +55,15 @@ bubblewrap-installed:
 		echo "installing bubblewrap from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (`playwright
+# install` would download a browser build of its own); install it when it is missing.
+.PHONY: chromium-installed
+chromium-installed:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: setup
 	$(BIN)/tailor demo
