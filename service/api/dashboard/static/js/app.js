@@ -93,7 +93,7 @@ function shell() {
     h(
       "div",
       { class: "who" },
-      h("span", { class: "project", title: me.project.id, dataset: { testid: "project-name" } }, me.project.name),
+      h("span", { class: "project", id: "project-name" }, "…"),
       button("Sign out", () => signOut(), { class: "link" }),
     ),
   );
@@ -133,9 +133,25 @@ async function route() {
   }
 }
 
-async function start() {
+function showProject() {
+  const el = document.getElementById("project-name");
+  if (!el || !me) return;
+  el.textContent = me.project.name;
+  el.title = me.project.id;
+  el.dataset.testid = "project-name";
+}
+
+/** The shell and the page; `who` (GET /v1/me, already sent) names the project when it answers. */
+async function start(who = Promise.resolve(me)) {
   shell();
-  await route();
+  const page = route();
+  try {
+    me = await who;
+  } catch (error) {
+    return signOut(error.status === 401 ? error : null);
+  }
+  showProject();
+  return page;
 }
 
 window.addEventListener("hashchange", route);
@@ -144,12 +160,8 @@ window.addEventListener("tailor:unauthorized", (e) => signOut(e.detail));
 async function boot() {
   const key = savedKey();
   if (!key) return signInForm();
-  try {
-    me = await get("/me", { key });
-  } catch (error) {
-    return signOut(error.status === 401 ? error : null);
-  }
-  return start();
+  // The key was checked when it was saved: the page loads while /v1/me answers.
+  return start(get("/me", { key }));
 }
 
 boot();
