@@ -210,6 +210,7 @@ class Page:
 
     def shot(self, name: str, full_page: bool = True) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar stays on top of a full-page shot
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
     def close(self) -> None:
@@ -398,14 +399,18 @@ def test_new_job_form_then_the_loss_curve_gains_points_while_it_trains(tab: Page
     _set_field(page, "Batch Size", "1")
     _set_field(page, "Rank", "8")
     page.get_by_label("Test file").select_option(valid_id)  # measured against its base once it succeeds
-    # The extensions the API documents are offered (the job's evaluation, the training options).
+    # The extensions the API documents are offered: the job's evaluation, the training options
+    # with early stopping (off here, so the job runs its three epochs).
     assert page.get_by_label("Test file").count() == 1 and page.locator("fieldset[data-extension=training]").count() == 1
+    assert page.get_by_label("Early Stopping Patience").get_attribute("placeholder") == "auto"
+    _set_field(page, "Early Stopping Patience", "0")
     tab.shot("04-new-job")
     page.get_by_role("button", name="Create job").click()
     page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
     job_id = page.url.rsplit("/", 1)[-1]
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.model == TINY and job.user_provided_suffix == "curve" and job.validation_file
+    assert job.model_extra["training"]["early_stopping_patience"] == 0 and job.model_extra["lora"]["rank"] == 8
 
     chart = page.get_by_test_id("loss-chart")
     counts: list[int] = []

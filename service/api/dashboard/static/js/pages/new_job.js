@@ -28,53 +28,66 @@ async function createSchema() {
   }
 }
 
-function scalarInput(name, schema) {
-  const type = schema.type;
-  if (type === "boolean") return h("input", { type: "checkbox", name, checked: schema.default === true, dataset: { kind: "boolean" } });
-  const props = { name, placeholder: schema.default !== undefined ? `default: ${schema.default}` : "auto", dataset: { kind: type || "string" } };
-  if (type === "integer" || type === "number") {
-    Object.assign(props, { type: "number", step: type === "integer" ? "1" : "any", inputmode: "decimal" });
-    if (schema.minimum !== undefined) props.min = schema.minimum;
-    if (schema.maximum !== undefined) props.max = schema.maximum;
+const SCALARS = ["boolean", "integer", "number", "string"];
+
+/** A control for one property of an extension, from its schema: "auto" (or the default)
+ * when left blank, so only what the user sets is sent. */
+function propertyControl(name, raw, resolve) {
+  const branches = (raw.anyOf || [raw]).map((b) => (b.$ref ? resolve(b) : b)).filter(Boolean);
+  const auto = branches.some((b) => b.const === "auto" || (b.enum && b.enum.includes("auto")));
+  const typed = branches.find((b) => SCALARS.includes(b.type) && b.const === undefined && !b.enum);
+  if (!typed) return null;
+  const blank = auto ? "auto" : raw.default !== undefined && raw.default !== null ? `default: ${raw.default}` : "not set";
+  if (typed.type === "boolean") {
+    if (!auto && typeof raw.default === "boolean") return h("input", { type: "checkbox", name, checked: raw.default, dataset: { kind: "checkbox", default: String(raw.default) } });
+    return select([["", blank], ["true", "on"], ["false", "off"]], "", { name, dataset: { kind: "boolean" } });
+  }
+  const props = { name, placeholder: blank, dataset: { kind: typed.type } };
+  if (typed.type === "integer" || typed.type === "number") {
+    Object.assign(props, { type: "number", step: typed.type === "integer" ? "1" : "any", inputmode: "decimal" });
+    if (typed.minimum !== undefined) props.min = typed.minimum;
+    if (typed.maximum !== undefined) props.max = typed.maximum;
   } else props.type = "text";
   return h("input", props);
 }
 
+/** The value a control holds, or undefined when it is left as it was ("auto", the default). */
 function readScalar(input) {
-  if (input.dataset.kind === "boolean") return input.checked;
+  const kind = input.dataset.kind;
+  if (kind === "checkbox") return String(input.checked) === input.dataset.default ? undefined : input.checked;
+  if (kind === "boolean") return input.value === "" ? undefined : input.value === "true";
   const raw = input.value.trim();
   if (!raw || raw === "auto") return undefined;
-  if (input.dataset.kind === "integer" || input.dataset.kind === "number") {
+  if (kind === "integer" || kind === "number") {
     const n = Number(raw);
     return Number.isFinite(n) ? n : raw; // the API answers a 400 naming the field
   }
   return raw;
 }
 
-/** A fieldset for an extension object: a control per scalar property; blank ones are not sent. */
+const pretty = (name) => name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
+
+/** A fieldset for an extension object (e.g. `training`, with its early stopping), a control per scalar property. */
 function extensionFieldset(name, schema, resolve) {
-  const inputs = [];
-  const fields = [];
+  const controls = [];
   for (const [prop, raw] of Object.entries(schema.properties || {})) {
-    const s = resolve(raw) || {};
-    if (!["boolean", "integer", "number", "string"].includes(s.type)) continue;
-    const input = scalarInput(`${name}.${prop}`, s);
-    inputs.push([prop, input, s]);
-    fields.push(field(s.title || prop, input, raw.description || s.description));
+    const control = propertyControl(`${name}.${prop}`, raw, resolve);
+    if (control) controls.push([prop, control, raw]);
   }
-  const enable = h("input", { type: "checkbox", name: `${name}.enabled` });
-  const body = h("div", { class: "grid", hidden: true }, fields);
-  enable.addEventListener("change", () => (body.hidden = !enable.checked));
-  const legend = h("legend", {}, h("label", {}, enable, ` ${schema.title || name}`));
-  const fs = h("fieldset", { class: "extension", dataset: { extension: name } }, legend, schema.description ? h("p", { class: "hint" }, schema.description.split("\n")[0]) : null, body);
+  const fs = h(
+    "fieldset",
+    { class: "extension", dataset: { extension: name } },
+    h("legend", {}, pretty(name)),
+    schema.description ? h("p", { class: "hint" }, schema.description.split("\n")[0]) : null,
+    h("div", { class: "grid" }, controls.map(([prop, control, raw]) => field(raw.title || pretty(prop), control, raw.description))),
+  );
   const read = () => {
-    if (!enable.checked) return undefined;
     const out = {};
-    for (const [prop, input, s] of inputs) {
-      const v = readScalar(input);
-      if (v !== undefined && !(s.type === "boolean" && v === s.default)) out[prop] = v;
+    for (const [prop, control] of controls) {
+      const v = readScalar(control);
+      if (v !== undefined) out[prop] = v;
     }
-    return out;
+    return Object.keys(out).length ? out : undefined;
   };
   return { fs, read };
 }
