@@ -25,11 +25,11 @@ from trainer.ml import base_model, report  # noqa: E402
 from trainer.ml.base_model import BaseModelError, load_tokenizer, materialize  # noqa: E402
 from trainer.ml.chat_tokens import IGNORE  # noqa: E402
 from trainer.ml.checkpoint import ResumeError  # noqa: E402
-from trainer.ml.config import ConfigError, TrainConfig, resolve_auto  # noqa: E402
+from trainer.ml.config import ConfigError, TrainConfig, replay_count, resolve_auto  # noqa: E402
 from trainer.ml.data import DatasetError, load_dataset, validate_file  # noqa: E402
 from trainer.ml.packing import Segment, collate, first_fit_decreasing  # noqa: E402
 from trainer.ml.prepare import prepare  # noqa: E402
-from trainer.ml.train import StepMetrics, train, train_files  # noqa: E402
+from trainer.ml.train import StepMetrics, replay_source, train, train_files  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,7 +159,7 @@ def test_data_report_finds_duplicates_conflicts_and_counts(tmp_path: Path, token
     t = found["tokens_per_example"]
     assert t["min"] <= t["median"] <= t["p95"] <= t["max"]
     assert found["billed_tokens"] == 2 * data.n_tokens and found["estimated_seconds"] == round(2 * data.n_tokens / 100)
-    assert any("exact duplicates" in w for w in found["warnings"]) and any("answered differently" in w for w in found["warnings"])
+    assert any("exact duplicate" in w for w in found["warnings"]) and any("answered differently" in w for w in found["warnings"])
     assert "billed tokens" in report.summary(found)
 
 
@@ -279,8 +279,9 @@ def test_first_fit_decreasing_fills_rows() -> None:
 
 # A 64-token micro-batch budget splits every 4-example step into several packed forwards,
 # so gradient accumulation and mid-step pauses are exercised too.
+# Replay is off here (these tests are about the loop); test_replay_* turn it on.
 SFT_CONFIG: dict[str, Any] = dict(n_epochs=2, batch_size=4, learning_rate_multiplier=20.0, seed=3, device="cpu",
-                                  micro_batch_tokens=64, eval_interval=3)  # fmt: skip
+                                  micro_batch_tokens=64, eval_interval=3, replay=False)  # fmt: skip
 
 
 def run_sft(tiny_model: Path, tmp: Path, *, seed: int = 3, **hooks: Any) -> tuple[list[StepMetrics], Any]:
@@ -444,7 +445,34 @@ def test_continued_training_starts_from_the_parent_adapter(tiny_model: Path, tmp
     more: list[StepMetrics] = []
     train(TrainConfig(**SFT_CONFIG), tiny_model, load_dataset(data, tokenizer, "supervised", 256), tmp_path / "b",
           on_step=more.append, init_adapter=parent.adapter_dir)  # fmt: skip
-    assert more[0].train_loss < steps[0].train_loss - 0.5
+    assert more[0].train_loss < steps[0].train_loss - 0.3  # the parent already learned the file
+
+
+def test_replay_mixes_the_base_answers_into_every_step_and_resumes_exactly(tiny_model: Path, tmp_path: Path) -> None:
+    from trainer.ml import replay
+
+    tokenizer = load_tokenizer(tiny_model)
+    data = load_dataset(write_jsonl(tmp_path / "train.jsonl", sft_rows(12)), tokenizer, "supervised", 256)
+    config = TrainConfig(**{**SFT_CONFIG, "replay": "auto"})
+    source = replay_source(tokenizer, 256, tiny_model, tmp_path / "cache")
+    ready: list[tuple[float, int]] = []
+    whole: list[StepMetrics] = []
+    train(config, tiny_model, data, tmp_path / "a", on_step=whole.append, replay=source, on_ready=lambda *r: ready.append(r))
+    replayed = ready[0][1]
+    assert 0 < replayed <= len(replay.prompts()) and ready[0][0] > 0
+    (cached,) = (tmp_path / "cache" / "replay").iterdir()  # the answers are generated once per base model
+    assert len(json.loads(cached.read_text())) == len(replay.prompts())
+    plain: list[StepMetrics] = []
+    train(TrainConfig(**SFT_CONFIG), tiny_model, data, tmp_path / "b", on_step=plain.append)
+    assert whole[-1].trained_tokens > plain[-1].trained_tokens  # one replayed answer joins each step of 4
+    checkpoints: list[Path] = []
+    polls = iter([None] * 3 + ["pause"])
+    paused = train(config, tiny_model, data, tmp_path / "c", replay=source, on_checkpoint=lambda s, d: checkpoints.append(d),
+                   should_stop=lambda: next(polls, None))  # fmt: skip
+    assert paused.status == "paused"
+    rest: list[StepMetrics] = []
+    train(config, tiny_model, data, tmp_path / "d", replay=source, on_step=rest.append, resume_from=checkpoints[-1])
+    assert [s.train_loss for s in rest] == [s.train_loss for s in whole[-len(rest) :]]
 
 
 def test_checkpoints_on_a_clock_as_well_as_every_epoch(tiny_model: Path, tmp_path: Path) -> None:
@@ -492,9 +520,13 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_model: Path, tmp_path: 
 def test_resolve_auto_from_dataset_size() -> None:
     small = resolve_auto(TrainConfig(), 20)
     assert (small.n_epochs, small.batch_size, small.total_steps) == (3, 1, 60)
+    mid = resolve_auto(TrainConfig(), 108)  # a file like bench/quality.py's, after its validation split
+    assert (mid.n_epochs, mid.batch_size, mid.total_steps, mid.learning_rate, mid.replay_share) == (3, 8, 42, 5e-4, 0.25)
+    assert [replay_count(step, 2, 0.25) for step in range(4)] == [0, 1, 0, 1]  # a quarter of the examples, spread
     assert small.learning_rate == pytest.approx(5e-4 * (1 / 8) ** 0.5, rel=1e-3)  # square-root scaling
     big = resolve_auto(TrainConfig(method="dpo"), 20_000)
-    assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 1e-4)
+    assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 5e-5)  # never above the base rate
+    assert (big.replay_share, small.replay_share) == (0.0, 0.25)  # replay: supervised only
     fixed = resolve_auto(TrainConfig(n_epochs=2, batch_size=64, learning_rate_multiplier=2.0), 10)
     assert (fixed.n_epochs, fixed.batch_size, fixed.learning_rate) == (2, 10, 1e-3)
     assert (

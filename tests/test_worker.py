@@ -469,7 +469,10 @@ def test_qlora_on_a_cpu_worker_fails_with_a_clear_error(stack: dict[str, Any]) -
     job = client.fine_tuning.jobs.create(
         model=TINY, training_file=upload(client, chat_file(12)), extra_body={"training": {"qlora": True}}
     )
-    assert job.model_extra["training"] == {"qlora": True, "gradient_checkpointing": False}
+    assert job.model_extra["training"] == {
+        "qlora": True, "gradient_checkpointing": False, "validation_split": "auto", "early_stopping_patience": "auto",
+        "replay": "auto",
+    }  # fmt: skip
     done = wait_status(stack, job.id, {"failed", "succeeded"}, timeout=90)
     assert done.status == "failed" and done.error.code == "unsupported_configuration"
     assert "CUDA" in done.error.message

@@ -159,7 +159,7 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
     from trainer.ml.config import TrainConfig
     from trainer.ml.lora import adapter_shape
     from trainer.ml.prepare import prepare
-    from trainer.ml.train import context_length, train
+    from trainer.ml.train import context_length, replay_source, train
 
     model_path = materialize(spec.base_model, Path(spec.model_cache_dir))
     lora = dict(spec.lora)
@@ -181,7 +181,7 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
     resolved = data.resolved
     resuming = spec.resume_dir is not None
 
-    def ready(tokens_per_second: float | None) -> None:
+    def ready(tokens_per_second: float | None, replayed: int = 0) -> None:
         """Before the first step: the report (with the measured speed) and the resolved
         hyperparameters; the job then moves to queued and running."""
         if not resuming:
@@ -189,7 +189,10 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
                 send(Event(warning, level="warn"))
             if (split := data.split_message()) is not None:
                 send(Event(split))
+            if replayed:
+                send(Event(_replay_event(replayed, resolved.replay_share)))
             data_report = data.report(tokens_per_second)
+            data_report["replay"] = {"answers": replayed, "share": resolved.replay_share} if replayed else None
             for warning in data_report["warnings"]:
                 send(Event(warning, level="warn"))
             send(Event(report.summary(data_report)))
@@ -222,6 +225,7 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
         resume_from=Path(spec.resume_dir) if spec.resume_dir else None,
         init_adapter=Path(spec.init_adapter_dir) if spec.init_adapter_dir else None,
         on_ready=None if resuming else ready,
+        replay=replay_source(tokenizer, max_len, model_path, Path(spec.model_cache_dir)),
     )
     if result.status != "succeeded":
         send(PausedAt(result.step))
@@ -245,6 +249,14 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
         )
     )
     send(Done(str(result.adapter_dir), result.trained_tokens, result.best_step, result.best_in_adapter))
+
+
+def _replay_event(replayed: int, share: float) -> str:
+    return (
+        f"Replay: the base model's own answers to {replayed} general prompts join the steps ({share:.0%} as many as "
+        "your examples), so the tuned model keeps answering like its base outside this task; set training.replay "
+        "to false to turn it off"
+    )
 
 
 def _outcome_events(result: TrainResult) -> list[str]:

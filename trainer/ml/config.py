@@ -15,8 +15,8 @@ from typing import Any, Literal
 Auto = Literal["auto"]
 AUTO: Auto = "auto"
 
-# LoRA learning rates at batch size 8 (multiplied by learning_rate_multiplier); "auto"
-# scales them with the square root of the batch size. LoRA wants about ten times the rate
+# LoRA learning rates at batch size 8 and above (multiplied by learning_rate_multiplier);
+# "auto" lowers them with the square root of a smaller batch. LoRA wants about ten times the rate
 # of full fine-tuning; 2e-4 under-trained small files (bench/quality.py). DPO's loss is
 # sharper, so its rate is lower.
 BASE_LEARNING_RATE = {"supervised": 5e-4, "dpo": 5e-5}
@@ -24,7 +24,7 @@ REFERENCE_BATCH = 8
 # Epoch rule: 3 epochs, raised for small files until a run makes MIN_AUTO_STEPS optimizer
 # steps (small files under-train otherwise), lowered for huge ones to MAX_TARGET_EXAMPLES.
 DEFAULT_EPOCHS = 3
-MIN_AUTO_STEPS = 48
+MIN_AUTO_STEPS = 30
 MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 10
 MAX_AUTO_BATCH = 32
@@ -38,6 +38,10 @@ MIN_TRAINING_AFTER_SPLIT = 10
 # for this many consecutive epochs stops the run.
 DEFAULT_PATIENCE = 2
 EARLY_STOPPING_MIN_DELTA = 0.005
+# Replay (trainer/ml/replay.py): the base model's own answers to general prompts, as many
+# as this share of the user's examples, spread over the steps, against forgetting.
+# Supervised only.
+REPLAY_SHARE = 0.25
 
 
 def _help(text: str) -> dict[str, str]:
@@ -86,6 +90,10 @@ class TrainConfig:
         default=AUTO,
         metadata=_help("Epochs without a better full_valid_loss before training stops; 0 turns early stopping off."),
     )
+    replay: bool | Auto = field(
+        default=AUTO,
+        metadata=_help("Mix the base model's answers to general prompts into each step (auto: supervised only)."),
+    )
     checkpoint_interval_seconds: float | None = field(
         default=None, metadata=_help("Also checkpoint after the first step this long after the last checkpoint.")
     )
@@ -123,6 +131,7 @@ class Resolved:
     steps_per_epoch: int
     total_steps: int
     early_stopping_patience: int = 0  # epochs; 0: off
+    replay_share: float = 0.0  # replayed base answers per user example, spread over the steps; 0: off
 
     def hyperparameters(self, method: str) -> dict[str, Any]:
         """What the API shows once "auto" is resolved."""
@@ -137,10 +146,10 @@ class Resolved:
 
 
 def auto_batch_size(n_examples: int) -> int:
-    """About a sixteenth of the file rounded down to a power of two, 1 to 32: small files
-    get many steps per epoch (LoRA learns poorly from few large steps), large ones a
-    steady gradient."""
-    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 16)))))
+    """About a twelfth of the file rounded down to a power of two, 1 to 32: small files
+    get a dozen steps per epoch or more (LoRA learns poorly from few large steps), large
+    ones a steady gradient."""
+    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 12)))))
 
 
 def auto_epochs(n_examples: int, batch_size: int) -> int:
@@ -151,8 +160,9 @@ def auto_epochs(n_examples: int, batch_size: int) -> int:
 
 
 def auto_learning_rate_multiplier(batch_size: int) -> float:
-    """Square-root scaling with the batch: the noise of a step shrinks as its batch grows."""
-    return round(math.sqrt(batch_size / REFERENCE_BATCH), 4)
+    """Square-root scaling below the reference batch (a small batch's step is noisier);
+    never above 1, so large files on large models keep the usual LoRA rate."""
+    return round(min(1.0, math.sqrt(batch_size / REFERENCE_BATCH)), 4)
 
 
 def validation_count(n_examples: int, split: float | Auto) -> int:
@@ -227,4 +237,15 @@ def resolve_auto(config: TrainConfig, n_examples: int, device_type: str = "cpu")
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         early_stopping_patience=patience,
+        replay_share=REPLAY_SHARE if replays(config) else 0.0,
     )
+
+
+def replays(config: TrainConfig) -> bool:
+    return config.method == "supervised" if config.replay == AUTO else bool(config.replay)
+
+
+def replay_count(step: int, batch_size: int, share: float) -> int:
+    """Replayed examples in `step`: share x batch on average, whole examples, spread evenly
+    (a batch of 2 at a quarter gets one every other step)."""
+    return math.floor((step + 1) * batch_size * share) - math.floor(step * batch_size * share)

@@ -24,7 +24,7 @@ import torch
 
 from trainer.ml import checkpoint as ckpt
 from trainer.ml.base_model import load_for_training, load_tokenizer, resolve_device
-from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, TrainConfig, resolve_auto
+from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, TrainConfig, replay_count, resolve_auto
 from trainer.ml.data import Dataset, load_dataset
 from trainer.ml.lora import build_lora_model, lora_targets
 from trainer.ml.losses import dpo_loss, pair_logprobs, score_targets, sequence_logprobs
@@ -85,6 +85,7 @@ class _Run:
         hooks: Hooks,
         base: Any = None,
         init_adapter: Path | None = None,
+        replay: Callable[[Any], Dataset] | None = None,
     ):
         self.config, self.hooks, self.output_dir = config, hooks, output_dir
         self.train_data, self.valid_data = train_data, valid_data
@@ -95,6 +96,14 @@ class _Run:
         if base is None:
             base = load_for_training(model_path, config.dtype, config.device, config.qlora)
         self.pad_id = int(base.config.pad_token_id if isinstance(base.config.pad_token_id, int) else 0)
+        # Replayed examples sit after the user's in `steps_data`; a step adds a few of them.
+        self.n_user = len(train_data)
+        self.replay_count = 0
+        self.steps_data = train_data
+        if replay is not None and self.r.replay_share:
+            extra = replay(base).examples  # the plain base model answers, before any adapter
+            self.replay_count = len(extra)
+            self.steps_data = Dataset(train_data.method, train_data.examples + extra)
         self.model = build_lora_model(base, config)
         if init_adapter is not None:  # continued fine-tuning: start from the parent job's adapter
             ckpt.load_adapter_weights(init_adapter, self.model)
@@ -141,8 +150,14 @@ class _Run:
         can be recomputed on resume without replaying the ones before it."""
         epoch, k = divmod(step, self.r.steps_per_epoch)
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.train_data), generator=gen).tolist()
-        return order[k * self.r.batch_size : (k + 1) * self.r.batch_size]
+        order = torch.randperm(self.n_user, generator=gen).tolist()
+        units = order[k * self.r.batch_size : (k + 1) * self.r.batch_size]
+        wanted = replay_count(step, self.r.batch_size, self.r.replay_share) if self.replay_count else 0
+        if wanted:
+            gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7_919 * (step + 1))
+            picks = torch.randperm(self.replay_count, generator=gen)[:wanted].tolist()
+            units += [self.n_user + p for p in picks]
+        return units
 
     def _batches(self, data: Dataset, idxs: list[int]) -> list[PackedBatch]:
         examples = [data.examples[i] for i in idxs]
@@ -341,7 +356,7 @@ class _Run:
             if (stop := self.group.agree(self._poll())) is not None:
                 return self._stop(stop)
             rng = torch.get_rng_state()
-            measured = self._pass(self.train_data, self._step_units(step), self.ref_cache["train"], learn=True)
+            measured = self._pass(self.steps_data, self._step_units(step), self.ref_cache["train"], learn=True)
             if isinstance(measured, str):
                 torch.set_rng_state(rng)  # the step is redone from its start on resume
                 self.optimizer.zero_grad(set_to_none=True)
@@ -416,9 +431,9 @@ class _Run:
         first pass warms up (lazy initialization, allocator) and is not timed."""
         idxs = self._step_units(0)
         rng = torch.get_rng_state()
-        self._pass(self.train_data, idxs[:1], {}, learn=True)
+        self._pass(self.steps_data, idxs[:1], {}, learn=True)
         started = time.perf_counter()
-        measured = self._pass(self.train_data, idxs, {}, learn=True)
+        measured = self._pass(self.steps_data, idxs, {}, learn=True)
         seconds = time.perf_counter() - started
         self.optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
@@ -439,7 +454,8 @@ def train(
     resume_from: Path | None = None,
     base_model: Any = None,
     init_adapter: Path | None = None,
-    on_ready: Callable[[float], None] | None = None,
+    on_ready: Callable[[float, int], None] | None = None,
+    replay: Callable[[Any], Dataset] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `model_path` (a materialized HF directory).
 
@@ -449,16 +465,18 @@ def train(
     `resume_from` is a checkpoint directory of the same run. `base_model`: an already
     loaded model to use instead of loading `model_path` (benchmarks with random weights).
     `init_adapter`: an adapter directory to start from (continued fine-tuning). `on_ready`
-    gets the measured training speed in tokens per second before the first step of a
-    fresh run (the data report's duration estimate)."""
+    gets the measured training speed in tokens per second and the number of replayed
+    examples before the first step of a fresh run (the data report's duration estimate).
+    `replay(base_model)` makes the replayed examples (trainer/ml/replay.py) when the config
+    asks for replay."""
     if train_data.method != config.method:
         raise ValueError(f"the data was prepared for {train_data.method}, the config says {config.method}")
     hooks = Hooks(on_step=on_step, on_checkpoint=on_checkpoint, should_stop=should_stop)
-    run = _Run(config, model_path, train_data, valid_data, output_dir, hooks, base_model, init_adapter)
+    run = _Run(config, model_path, train_data, valid_data, output_dir, hooks, base_model, init_adapter, replay)
     if resume_from is not None:
         run.resume(resume_from)
     elif on_ready is not None:
-        on_ready(run.tokens_per_second())
+        on_ready(run.tokens_per_second(), run.replay_count)
     return run.run()
 
 
@@ -488,4 +506,12 @@ def train_files(
     max_len = min(config.max_seq_len or context_length(model_path), context_length(model_path))
     train_data = load_dataset(training_file, tokenizer, config.method, max_len, "training")
     valid_data = load_dataset(validation_file, tokenizer, config.method, max_len, "validation") if validation_file else None
-    return train(config, model_path, train_data, output_dir, valid_data, **hooks)
+    replay = replay_source(tokenizer, max_len, model_path)
+    return train(config, model_path, train_data, output_dir, valid_data, replay=replay, **hooks)
+
+
+def replay_source(tokenizer: Any, max_len: int, model_path: Path, cache_dir: Path | None = None) -> Callable[[Any], Dataset]:
+    """What `train` calls with the loaded base model to make the replayed examples."""
+    from trainer.ml.replay import replay_dataset
+
+    return lambda base: replay_dataset(base, tokenizer, max_len, model_path, cache_dir)

@@ -89,6 +89,11 @@ class TrainingOptions(RequestBody):
         description="Epochs without a lower full_valid_loss before training stops (auto: 2); 0 turns it off. "
         "The checkpoint with the lowest full_valid_loss becomes the fine-tuned model.",
     )
+    replay: Literal["auto"] | bool = Field(
+        "auto",
+        description="Mix the base model's own answers to general prompts into each step, against forgetting "
+        "(auto: on for supervised jobs).",
+    )
 
 
 class EvaluationOptions(RequestBody):
