@@ -155,7 +155,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(stack: dict[str, Any]) -> Iterator[Any]:
+    """Headless Chromium. It needs the stack first: Playwright's sync API keeps an event loop
+    running in this thread while it is open, where the stack's set-up and tear-down
+    (`asyncio.run`, for a PostgreSQL database of its own) could not run."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
