@@ -24,8 +24,9 @@ function cssVar(name) {
 }
 
 /**
- * A chart of several series by step. `series`: [{key, label, color, points}] where
- * `points: true` draws markers only (the per-epoch full-validation figures).
+ * A chart of several series by step. `series`: [{key, label, color, points, marks}] where
+ * `points: true` draws markers only (the per-epoch full-validation figures) and `marks: true`
+ * a line with a marker at each value (validation, measured every few steps).
  */
 export class StepChart {
   constructor(container, title, series) {
@@ -98,7 +99,8 @@ export class StepChart {
             width: 2,
             spanGaps: !s.points,
             paths: s.points ? () => null : undefined,
-            points: s.points ? { show: true, size: 8, fill: cssVar(s.color) } : { show: false },
+            // Markers for sparse series (validation every few steps, full validation per epoch).
+            points: s.points || s.marks ? { show: true, size: s.points ? 8 : 5, fill: cssVar(s.color) } : { show: false },
           })),
         ],
       },

@@ -52,12 +52,12 @@ export async function render(view, { params }) {
 
   const loss = new StepChart(charts, "Loss by step", [
     { key: "train_loss", label: "train loss", color: "--series-1" },
-    { key: "valid_loss", label: "validation loss", color: "--series-2" },
+    { key: "valid_loss", label: "validation loss", color: "--series-2", marks: true },
     { key: "full_valid_loss", label: "full validation (epoch)", color: "--series-3", points: true },
   ]);
   const accuracy = new StepChart(charts, "Token accuracy by step", [
     { key: "train_mean_token_accuracy", label: "train accuracy", color: "--series-1" },
-    { key: "valid_mean_token_accuracy", label: "validation accuracy", color: "--series-2" },
+    { key: "valid_mean_token_accuracy", label: "validation accuracy", color: "--series-2", marks: true },
     { key: "full_valid_mean_token_accuracy", label: "full validation (epoch)", color: "--series-3", points: true },
   ]);
   loss.frame.dataset.testid = "loss-chart";
@@ -123,7 +123,8 @@ export async function render(view, { params }) {
       const runs = part.runs || {};
       const compare = h("a", { href: `#/evals/${enc(part.eval_id)}/compare?a=${enc(runs.base || "")}&b=${enc(runs.tuned || "")}` }, "Compare item by item");
       if (!part.base || !part.tuned) {
-        parts.push(h("div", { class: "card" }, h("h3", {}, title), h("p", {}, "Runs in progress. "), compare));
+        const state = ev.status === "completed" ? "The runs did not complete (their events say why)." : "Runs in progress.";
+        parts.push(h("div", { class: "card" }, h("h3", {}, title), h("p", {}, state, " "), compare));
         continue;
       }
       const criteria = [...new Set([...Object.keys(part.base.per_criterion || {}), ...Object.keys(part.tuned.per_criterion || {})])];
