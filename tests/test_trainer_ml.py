@@ -234,6 +234,31 @@ def test_a_file_with_no_reply_at_all_cannot_train(tmp_path: Path, tokenizer: Any
     assert "No example of the training file has an assistant message to train on (lines 1, 2, 3" in exc.value.message
 
 
+def test_tailor_data_check_prints_the_report_and_fails_on_fatal_problems(tiny_model: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from service.cli.devservers import clean_env
+
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([{"name": "tiny", "source": "hf_dir", "location": str(tiny_model), "context_length": 256}]))
+    env = clean_env({"TAILOR_BASE_MODELS_FILE": str(models), "TAILOR_DATA_DIR": str(tmp_path / "data")})
+
+    def check(rows: list[Any], *flags: str) -> subprocess.CompletedProcess[str]:
+        path = write_jsonl(tmp_path / "t.jsonl", rows)
+        command = [sys.executable, "-m", "service.cli", "data", "check", str(path), "--model", "tiny", *flags]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    good = check(sft_rows(12) + [chat(*WORDS[:2])] * 2, "--measure")
+    assert good.returncode == 0, good.stderr
+    assert "Data report: 14 examples" in good.stdout and "estimated" in good.stdout
+    assert "warning: 1 example is an exact duplicate of another (lines 13, 14)" in good.stdout
+    as_json = check(sft_rows(12), "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["examples"] == 12
+    bad = check([NO_REPLY] * 12)
+    assert bad.returncode == 1 and "error (invalid_training_file): No example of the training file" in bad.stderr
+
+
 def test_validation_file_errors_use_their_own_code(tmp_path: Path, tokenizer: Any) -> None:
     path = write_jsonl(tmp_path / "v.jsonl", [chat("a", "b"), "not json"])
     with pytest.raises(DatasetError) as exc:

@@ -187,12 +187,10 @@ def _train(client: Any, worker: Any) -> Any:
         training_file=training.id,
         validation_file=validation.id,
         suffix="triage",
-        # Settings a plain peft loop reaches its ceiling with on small files (bench/README.md).
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 8,
-                                                                         "learning_rate_multiplier": 2.5}}},
+        # No hyperparameters: every one "auto", the defaults are the product (bench/quality.py).
         # Tailor's extension: once trained, measure the tuned model against its base.
         extra_body={"evaluation": {"test_file": test.id, "max_tokens": 8}},
-    )  # fmt: skip
+    )
     _say(f"created fine-tuning job {job.id} on {job.model}; a worker trains it (tailor jobs follow):")
     job = follow_job(client, job.id, out=sys.stdout, timeout=JOB_TIMEOUT_SECONDS)
     if job.status != "succeeded":
