@@ -544,9 +544,10 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_model: Path, tmp_path: 
 
 def test_resolve_auto_from_dataset_size() -> None:
     small = resolve_auto(TrainConfig(), 20)
-    assert (small.n_epochs, small.batch_size, small.total_steps) == (3, 1, 60)
+    assert (small.n_epochs, small.batch_size, small.total_steps) == (2, 1, 40)
     mid = resolve_auto(TrainConfig(), 108)  # a file like bench/quality.py's, after its validation split
-    assert (mid.n_epochs, mid.batch_size, mid.total_steps, mid.learning_rate, mid.replay_share) == (3, 8, 42, 5e-4, 0.25)
+    assert (mid.n_epochs, mid.batch_size, mid.total_steps, mid.learning_rate, mid.replay_share) == (2, 8, 28, 5e-4, 0.25)
+    assert resolve_auto(TrainConfig(), 10).n_epochs == 3  # raised until a run makes 24 steps
     assert [replay_count(step, 2, 0.25) for step in range(4)] == [0, 1, 0, 1]  # a quarter of the examples, spread
     assert small.learning_rate == pytest.approx(5e-4 * (1 / 8) ** 0.5, rel=1e-3)  # square-root scaling
     big = resolve_auto(TrainConfig(method="dpo"), 20_000)

@@ -21,10 +21,12 @@ AUTO: Auto = "auto"
 # sharper, so its rate is lower.
 BASE_LEARNING_RATE = {"supervised": 5e-4, "dpo": 5e-5}
 REFERENCE_BATCH = 8
-# Epoch rule: 3 epochs, raised for small files until a run makes MIN_AUTO_STEPS optimizer
-# steps (small files under-train otherwise), lowered for huge ones to MAX_TARGET_EXAMPLES.
-DEFAULT_EPOCHS = 3
-MIN_AUTO_STEPS = 30
+# Epoch rule: 2 epochs (at 5e-4 and a dozen steps an epoch, a third epoch bought nothing in
+# bench/quality.py but time), raised for small files until a run makes MIN_AUTO_STEPS
+# optimizer steps (small files under-train otherwise), lowered for huge ones to
+# MAX_TARGET_EXAMPLES.
+DEFAULT_EPOCHS = 2
+MIN_AUTO_STEPS = 24
 MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 10
 MAX_AUTO_BATCH = 32
@@ -233,7 +235,8 @@ def resolve_auto(config: TrainConfig, n_examples: int, device_type: str = "cpu")
         micro_batch_tokens=(16_384 if gpu else 1_024) if config.micro_batch_tokens == AUTO else int(config.micro_batch_tokens),
         # Short rows on CPU: the masked attention of a row costs its length squared.
         pack_len=(4_096 if gpu else 512) if config.pack_len == AUTO else int(config.pack_len),
-        eval_interval=max(1, total // 10) if config.eval_interval == AUTO else int(config.eval_interval),
+        # valid_loss five times a run (and full_valid_loss every epoch): validation is not free.
+        eval_interval=max(1, total // 5) if config.eval_interval == AUTO else int(config.eval_interval),
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         early_stopping_patience=patience,
