@@ -500,6 +500,15 @@ def test_replay_mixes_the_base_answers_into_every_step_and_resumes_exactly(tiny_
     assert [s.train_loss for s in rest] == [s.train_loss for s in whole[-len(rest) :]]
 
 
+def test_the_mislabelled_example_has_the_highest_loss(tiny_model: Path, tmp_path: Path) -> None:
+    rows = [chat(f"question {i}", "the capital of france is paris") for i in range(12)]
+    rows[6] = chat("question 6", "dog lazy the over jumps")  # line 7 contradicts the rest
+    config = TrainConfig(**{**SFT_CONFIG, "n_epochs": 3})
+    result = train_files(config, tiny_model, write_jsonl(tmp_path / "t.jsonl", rows), tmp_path / "out")
+    assert result.highest_loss_examples[0][0] == 7 and len(result.highest_loss_examples) == 10
+    assert result.highest_loss_examples[0][1] > result.highest_loss_examples[1][1] + 0.3
+
+
 def test_checkpoints_on_a_clock_as_well_as_every_epoch(tiny_model: Path, tmp_path: Path) -> None:
     def checkpointed(interval: float | None, where: Path) -> list[int]:
         where.mkdir(parents=True)

@@ -27,7 +27,7 @@ from trainer.ml.base_model import load_for_training, load_tokenizer, resolve_dev
 from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, TrainConfig, replay_count, resolve_auto
 from trainer.ml.data import Dataset, load_dataset
 from trainer.ml.lora import build_lora_model, lora_targets
-from trainer.ml.losses import dpo_loss, pair_logprobs, score_targets, sequence_logprobs
+from trainer.ml.losses import TokenScores, dpo_loss, pair_logprobs, score_targets, sequence_logprobs
 from trainer.ml.packing import PackedBatch, collate, micro_batches, segment
 from trainer.ml.parallel import Group
 from trainer.ml.results import Hooks, StepMetrics, StopRequest, TrainResult
@@ -119,6 +119,7 @@ class _Run:
         self.ref_cache: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}}
         self.best: _Best | None = None
         self.stopped_early = False
+        self.example_losses: dict[int, float] = {}  # user example index -> its latest training loss
 
     def fingerprint(self) -> dict[str, Any]:
         c, r = self.config, self.r
@@ -187,6 +188,8 @@ class _Run:
         scores = score_targets(self.model, batch)
         if self.config.method == "supervised":
             loss = -scores.logprobs.sum()
+            if torch.is_grad_enabled():
+                self._note_example_losses(batch, scores)
             return loss, {
                 "loss": loss.item(),
                 "correct": scores.correct.sum().item(),
@@ -214,6 +217,16 @@ class _Run:
             "reward_accuracy": (terms.chosen_reward > terms.rejected_reward).sum().item(),
             "pairs": len(units),
         }
+
+    def _note_example_losses(self, batch: PackedBatch, scores: TokenScores) -> None:
+        """Each training example's mean token loss at its latest step (free: the step computed
+        it), for the report's highest-loss examples."""
+        n = len(batch.segments)
+        nll = torch.zeros(n, device=scores.logprobs.device).index_add_(0, scores.segment, -scores.logprobs.detach().float())
+        count = torch.zeros(n, device=nll.device).index_add_(0, scores.segment, torch.ones_like(nll[scores.segment]))
+        for (unit, _), total, k in zip(batch.segments, nll.tolist(), count.tolist(), strict=True):
+            if unit < self.n_user and k:
+                self.example_losses[unit] = total / k
 
     def _pass(self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool) -> _Measured | str:
         packed = self._batches(data, idxs)
@@ -404,25 +417,30 @@ class _Run:
         return self.best.step, True
 
     def highest_loss_examples(self, limit: int = HIGHEST_LOSS_EXAMPLES) -> list[tuple[int, float]]:
-        """(line, mean loss per trained token) of the training examples the final model
-        fits worst: usually mislabelled or contradicting others. Supervised runs only."""
+        """(line, mean loss per trained token) of the training examples the model fits worst:
+        usually mislabelled or contradicting others. Each loss is the one its latest training
+        step computed; examples no step of this process saw (a resumed run, another process's
+        share) are measured now. Supervised runs only."""
         if self.config.method != "supervised":
             return []
-        self.model.eval()
-        losses: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        try:
-            idxs = list(range(len(self.train_data)))
-            with torch.no_grad():
-                for batch in self._batches(self.train_data, idxs):
-                    batch = batch.to(self.device)
-                    scores = score_targets(self.model, batch)
-                    units = torch.tensor([u for u, _ in batch.segments], device=self.device)[scores.segment]
-                    for unit, logprob in zip(units.tolist(), scores.logprobs.tolist(), strict=True):
-                        losses[unit][0] -= logprob
-                        losses[unit][1] += 1
-        finally:
-            self.model.train()
-        mean = [(self.train_data.examples[u].line, total / max(1.0, n)) for u, (total, n) in losses.items()]
+        losses = dict(self.example_losses)
+        missing = [i for i in range(self.n_user) if i not in losses]
+        if missing:
+            self.model.eval()
+            sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+            try:
+                with torch.no_grad():
+                    for batch in self._batches(self.train_data, missing):
+                        batch = batch.to(self.device)
+                        scores = score_targets(self.model, batch)
+                        units = torch.tensor([u for u, _ in batch.segments], device=self.device)[scores.segment]
+                        for unit, logprob in zip(units.tolist(), scores.logprobs.tolist(), strict=True):
+                            sums[unit][0] -= logprob
+                            sums[unit][1] += 1
+            finally:
+                self.model.train()
+            losses.update({u: total / max(1.0, n) for u, (total, n) in sums.items()})
+        mean = [(self.train_data.examples[u].line, loss) for u, loss in losses.items()]
         return sorted(mean, key=lambda item: -item[1])[:limit]
 
     def tokens_per_second(self) -> float:
