@@ -60,6 +60,10 @@ def test_an_admin_shares_a_checkpoint_and_deleting_the_grant_stops_it(server: Ta
     assert _chat_status(server, guest_key, checkpoint) == 404  # not shared yet
     with pytest.raises(openai.NotFoundError):
         _eval_run(guest, checkpoint)
+    guest_file = guest.files.create(file=("t.jsonl", LINE * 10), purpose="fine-tune").id
+    with pytest.raises(openai.NotFoundError) as unshared:  # nor can it be fine-tuned from
+        guest.fine_tuning.jobs.create(model=checkpoint, training_file=guest_file)
+    assert unshared.value.code == "model_not_found"
     # Only an admin key manages sharing.
     for call in (
         lambda: member.fine_tuning.checkpoints.permissions.create(checkpoint, project_ids=[guest_project]),
@@ -86,6 +90,9 @@ def test_an_admin_shares_a_checkpoint_and_deleting_the_grant_stops_it(server: Ta
     assert _chat_status(server, guest_key, checkpoint) == 503
     assert _eval_run(guest, checkpoint).status == "queued"
     assert _chat_status(server, guest_key, finished.fine_tuned_model) == 404  # only what was shared
+    continued = guest.fine_tuning.jobs.create(model=checkpoint, training_file=guest_file)  # continued fine-tuning
+    assert continued.model == checkpoint and continued.status == "validating_files"
+    guest.fine_tuning.jobs.cancel(continued.id)
 
     deleted = admin.fine_tuning.checkpoints.permissions.delete(granted.id, fine_tuned_model_checkpoint=checkpoint)
     assert deleted.deleted and deleted.id == granted.id
@@ -93,6 +100,8 @@ def test_an_admin_shares_a_checkpoint_and_deleting_the_grant_stops_it(server: Ta
     assert _chat_status(server, guest_key, checkpoint) == 404  # at once
     with pytest.raises(openai.NotFoundError):
         _eval_run(guest, checkpoint)
+    with pytest.raises(openai.NotFoundError):
+        guest.fine_tuning.jobs.create(model=checkpoint, training_file=guest_file)
     with pytest.raises(openai.NotFoundError):
         admin.fine_tuning.checkpoints.permissions.delete(granted.id, fine_tuned_model_checkpoint=checkpoint)
     # Another project's admin cannot share what it does not own.
