@@ -190,10 +190,14 @@ class _Run:
             loss = -scores.logprobs.sum()
             if torch.is_grad_enabled():
                 self._note_example_losses(batch, scores)
+            # The figures a job reports are the user's examples' only: replayed answers are
+            # trained on (in `loss`) but would make the curve jump with every one that joins.
+            of_target = torch.tensor([u for u, _ in batch.segments], device=scores.segment.device)[scores.segment]
+            mine = of_target < self.n_user
             return loss, {
-                "loss": loss.item(),
-                "correct": scores.correct.sum().item(),
-                "targets": scores.correct.numel(),
+                "loss": -scores.logprobs[mine].sum().item(),
+                "correct": scores.correct[mine].sum().item(),
+                "targets": int(mine.sum().item()),
             }
         ref_c, ref_r = self._reference(batch, cache)
         policy = pair_logprobs(batch, sequence_logprobs(scores, len(batch.segments)))
@@ -251,7 +255,9 @@ class _Run:
         return _Measured(sums=dict(sums), tokens=sum(b.n_tokens for b in packed), norm=norm)
 
     def _summary(self, m: _Measured) -> tuple[float, float, dict[str, float]]:
-        loss = m.sums["loss"] / m.norm
+        # Supervised: per trained token of the user's examples (the step's norm also counts
+        # the replayed ones); DPO: per pair.
+        loss = m.sums["loss"] / (max(1.0, m.sums["targets"]) if self.config.method == "supervised" else m.norm)
         accuracy = m.sums["correct"] / max(1.0, m.sums["targets"])
         extra = {}
         if self.config.method == "dpo":
