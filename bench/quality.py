@@ -134,22 +134,11 @@ def train_peft(model_dir: Path, train_path: Path, seed: int) -> tuple[Any, dict[
 # --- scoring ------------------------------------------------------------------------------
 
 
-def answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch: int = 16) -> list[str]:
-    """Greedy answers, left-padded batches."""
-    import torch
+def answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+    """Greedy answers, finished or not (the replay's generation, in batches of 16)."""
+    from trainer.ml.replay import greedy_answers
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    out: list[str] = []
-    for k in range(0, len(prompts), batch):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[k : k + batch]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        out += [tokenizer.decode(g[enc["input_ids"].shape[1] :], skip_special_tokens=True).strip() for g in gen]
-    return out
+    return [text for text, _ in greedy_answers(model, tokenizer, prompts, max_new_tokens, batch=16)]
 
 
 def exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> float:

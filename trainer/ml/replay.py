@@ -36,8 +36,11 @@ def prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
 
 
-def base_answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str | None]:
-    """Greedy answers of `model` (None where it did not finish within MAX_NEW_TOKENS)."""
+def greedy_answers(
+    model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], max_new_tokens: int, batch: int = GENERATION_BATCH
+) -> list[tuple[str, bool]]:
+    """Each chat's greedy answer from `model` and whether it finished (an end-of-turn token
+    within `max_new_tokens`), in left-padded batches."""
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -46,21 +49,26 @@ def base_answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str |
     was_training = model.training
     model.eval()
     stops = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
-    answers: list[str | None] = []
+    answers: list[tuple[str, bool]] = []
     try:
-        for k in range(0, len(questions), GENERATION_BATCH):
-            chats = [[{"role": "user", "content": q}] for q in questions[k : k + GENERATION_BATCH]]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        for k in range(0, len(chats), batch):
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats[k : k + batch]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             for row in out[:, enc["input_ids"].shape[1] :].tolist():
-                finished = any(t in stops for t in row)
-                answers.append(tokenizer.decode(row, skip_special_tokens=True).strip() if finished else None)
+                text = tokenizer.decode(row, skip_special_tokens=True).strip()
+                answers.append((text, any(t in stops for t in row)))
     finally:
         tokenizer.padding_side, tokenizer.pad_token = side, pad
         model.train(was_training)
     return answers
+
+
+def base_answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str | None]:
+    """Greedy answers of `model` (None where it did not finish within MAX_NEW_TOKENS)."""
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    return [text if finished else None for text, finished in greedy_answers(model, tokenizer, chats, MAX_NEW_TOKENS)]
 
 
 def _cache_file(cache_dir: Path, model_path: Path, questions: list[str]) -> Path:

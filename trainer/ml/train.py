@@ -224,7 +224,7 @@ class _Run:
 
     def _note_example_losses(self, batch: PackedBatch, scores: TokenScores) -> None:
         """Each training example's mean token loss at its latest step (free: the step computed
-        it), for the report's highest-loss examples."""
+        it), or measured after training, for the report's highest-loss examples."""
         n = len(batch.segments)
         nll = torch.zeros(n, device=scores.logprobs.device).index_add_(0, scores.segment, -scores.logprobs.detach().float())
         count = torch.zeros(n, device=nll.device).index_add_(0, scores.segment, torch.ones_like(nll[scores.segment]))
@@ -429,24 +429,17 @@ class _Run:
         share) are measured now. Supervised runs only."""
         if self.config.method != "supervised":
             return []
-        losses = dict(self.example_losses)
-        missing = [i for i in range(self.n_user) if i not in losses]
+        missing = [i for i in range(self.n_user) if i not in self.example_losses]
         if missing:
             self.model.eval()
-            sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
             try:
                 with torch.no_grad():
                     for batch in self._batches(self.train_data, missing):
                         batch = batch.to(self.device)
-                        scores = score_targets(self.model, batch)
-                        units = torch.tensor([u for u, _ in batch.segments], device=self.device)[scores.segment]
-                        for unit, logprob in zip(units.tolist(), scores.logprobs.tolist(), strict=True):
-                            sums[unit][0] -= logprob
-                            sums[unit][1] += 1
+                        self._note_example_losses(batch, score_targets(self.model, batch))
             finally:
                 self.model.train()
-            losses.update({u: total / max(1.0, n) for u, (total, n) in sums.items()})
-        mean = [(self.train_data.examples[u].line, loss) for u, loss in losses.items()]
+        mean = [(self.train_data.examples[u].line, loss) for u, loss in self.example_losses.items()]
         return sorted(mean, key=lambda item: -item[1])[:limit]
 
     def tokens_per_second(self) -> float:
