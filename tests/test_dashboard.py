@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 from conftest import fresh_database_url
-from tiny_model import WORDS, build_tiny_llama
+from tiny_model import build_tiny_llama, chat, chat_file
 
 from service.cli.devservers import (
     REPO_ROOT,
@@ -102,15 +102,6 @@ def test_dashboard_is_served_with_a_strict_csp(server: TailorServer, key_a: str)
 
 
 # --- the stack and the browser ----------------------------------------------------------
-
-
-def chat(question: str, answer: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def chat_file(n: int) -> bytes:
-    rows = [chat(" ".join(WORDS[i % 9 : i % 9 + 3]), "the capital of france is paris") for i in range(n)]
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
 @pytest.fixture(scope="module")

@@ -23,22 +23,13 @@ import psutil
 import pytest
 from conftest import fresh_database_url
 from spec import validate
-from tiny_model import WORDS, build_tiny_llama
+from tiny_model import WORDS, build_tiny_llama, chat, chat_file
 
 from service.cli.devservers import TailorWorker, running_server
 
 pytestmark = pytest.mark.slow
 
 TINY = "tiny-llama"
-
-
-def chat(question: str, answer: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def chat_file(n: int) -> bytes:
-    rows = [chat(" ".join(WORDS[i % 9 : i % 9 + 3]), "the capital of france is paris") for i in range(n)]
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
 @pytest.fixture(scope="module")

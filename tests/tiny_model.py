@@ -3,7 +3,9 @@ under a second: the base model for tests that train (no weights are downloaded).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -69,3 +71,14 @@ def build_tiny_llama(out: Path, hidden: int = 64, layers: int = 2, context: int 
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+def chat(question: str, answer: str) -> dict[str, Any]:
+    """One training example: a user question and the assistant's answer."""
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def chat_file(n: int) -> bytes:
+    """`n` examples of a few WORDS answered the same way, as JSONL: what the tiny model learns fast."""
+    rows = [chat(" ".join(WORDS[i % 9 : i % 9 + 3]), "the capital of france is paris") for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
