@@ -463,6 +463,17 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_model: Path, tmp_path: Pa
     assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
 
 
+def test_the_kept_step_is_the_lowest_loss_and_patience_counts_real_progress() -> None:
+    from trainer.ml.train import next_best
+
+    best = None
+    for step, loss in [(3, 4.0), (6, 3.99), (9, 3.995)]:  # 3.99 is lower, but by less than 0.5%
+        best = next_best(best, loss, step)
+    assert best is not None and (best.step, best.loss, best.bad_epochs) == (6, 3.99, 2)
+    best = next_best(best, 3.5, 12)
+    assert (best.step, best.bad_epochs) == (12, 0)
+
+
 def test_continued_training_starts_from_the_parent_adapter(tiny_model: Path, tmp_path: Path, reference_run: Any) -> None:
     steps, parent = reference_run
     data = write_jsonl(tmp_path / "train.jsonl", sft_rows(12))

@@ -47,6 +47,17 @@ class _Best:
     bad_epochs: int = 0
 
 
+def next_best(best: _Best | None, loss: float, step: int) -> _Best:
+    """Early stopping's bookkeeping after an epoch's full validation. The kept checkpoint is
+    the one with the lowest full_valid_loss; patience counts the epochs since the loss last
+    fell by a small relative margin (noise is not progress)."""
+    if best is None:
+        return _Best(loss, step)
+    progress = loss < best.loss * (1 - EARLY_STOPPING_MIN_DELTA)
+    bad_epochs = 0 if progress else best.bad_epochs + 1
+    return _Best(loss, step, bad_epochs) if loss < best.loss else _Best(best.loss, best.step, bad_epochs)
+
+
 # How many of the highest-loss training examples a run reports.
 HIGHEST_LOSS_EXAMPLES = 10
 
@@ -317,12 +328,7 @@ class _Run:
         return self.step % self.r.steps_per_epoch == 0 or self.step == self.r.total_steps
 
     def _track_best(self, loss: float) -> None:
-        """Early stopping's bookkeeping: an epoch counts as better when it lowers the best
-        full_valid_loss by a small relative margin (noise is not progress)."""
-        if self.best is None or loss < self.best.loss * (1 - EARLY_STOPPING_MIN_DELTA):
-            self.best = _Best(loss, self.step)
-        else:
-            self.best.bad_epochs += 1
+        self.best = next_best(self.best, loss, self.step)
 
     def _should_stop_early(self) -> bool:
         patience = self.r.early_stopping_patience
