@@ -500,7 +500,7 @@ def test_replay_mixes_the_base_answers_into_every_step_and_resumes_exactly(tiny_
     assert len(json.loads(cached.read_text())) == len(replay.prompts())
     plain: list[StepMetrics] = []
     train(TrainConfig(**SFT_CONFIG), tiny_model, data, tmp_path / "b", on_step=plain.append)
-    assert whole[-1].trained_tokens > plain[-1].trained_tokens  # one replayed answer joins each step of 4
+    assert whole[-1].trained_tokens > plain[-1].trained_tokens  # one replayed answer joins every other step of 4
     checkpoints: list[Path] = []
     polls = iter([None] * 3 + ["pause"])
     paused = train(config, tiny_model, data, tmp_path / "c", replay=source, on_checkpoint=lambda s, d: checkpoints.append(d),
@@ -509,6 +509,31 @@ def test_replay_mixes_the_base_answers_into_every_step_and_resumes_exactly(tiny_
     rest: list[StepMetrics] = []
     train(config, tiny_model, data, tmp_path / "d", replay=source, on_step=rest.append, resume_from=checkpoints[-1])
     assert [s.train_loss for s in rest] == [s.train_loss for s in whole[-len(rest) :]]
+
+
+def test_replayed_answers_add_to_the_users_loss_without_diluting_it(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's examples keep their full gradient whatever the replayed answers' lengths:
+    at weight 0 the replayed answers change nothing (under one mean over all tokens they
+    scaled the user's share down)."""
+    import trainer.ml.train as train_module
+
+    tokenizer = load_tokenizer(tiny_model)
+    data = load_dataset(write_jsonl(tmp_path / "train.jsonl", sft_rows(12)), tokenizer, "supervised", 256)
+    source = replay_source(tokenizer, 256, tiny_model, tmp_path / "cache")
+    quiet = {**SFT_CONFIG, "lora_dropout": 0.0}  # dropout would draw different masks with more examples in a step
+    runs: dict[str, list[StepMetrics]] = {"plain": [], "weight 0": [], "weight 1": []}
+    train(TrainConfig(**quiet), tiny_model, data, tmp_path / "plain", on_step=runs["plain"].append)
+    for weight in (0.0, 1.0):
+        monkeypatch.setattr(train_module, "REPLAY_WEIGHT", weight)
+        out = runs[f"weight {weight:g}"]
+        train(
+            TrainConfig(**{**quiet, "replay": True}), tiny_model, data, tmp_path / f"w{weight}", on_step=out.append, replay=source
+        )
+    assert runs["weight 0"][-1].trained_tokens > runs["plain"][-1].trained_tokens  # replayed answers were in the steps
+    assert [s.train_loss for s in runs["weight 0"]] == pytest.approx([s.train_loss for s in runs["plain"]], rel=1e-4)
+    assert runs["weight 1"][-1].train_loss != pytest.approx(runs["plain"][-1].train_loss, rel=1e-4)
 
 
 def test_the_mislabelled_example_has_the_highest_loss(tiny_model: Path, tmp_path: Path) -> None:
@@ -566,13 +591,15 @@ def test_resolve_auto_from_dataset_size() -> None:
     small = resolve_auto(TrainConfig(), 20)
     assert (small.n_epochs, small.batch_size, small.total_steps) == (2, 1, 40)
     mid = resolve_auto(TrainConfig(), 108)  # a file like bench/quality.py's, after its validation split
-    assert (mid.n_epochs, mid.batch_size, mid.total_steps, mid.learning_rate, mid.replay_share) == (2, 8, 28, 5e-4, 0.25)
+    assert (mid.n_epochs, mid.batch_size, mid.total_steps, mid.replay_share) == (2, 4, 54, 0.125)
+    assert mid.learning_rate == pytest.approx(5e-4 * 0.5**0.5, rel=1e-3)
+    assert resolve_auto(TrainConfig(), 400).batch_size == 16
     assert resolve_auto(TrainConfig(), 10).n_epochs == 3  # raised until a run makes 24 steps
     assert [replay_count(step, 2, 0.25) for step in range(4)] == [0, 1, 0, 1]  # a quarter of the examples, spread
     assert small.learning_rate == pytest.approx(5e-4 * (1 / 8) ** 0.5, rel=1e-3)  # square-root scaling
     big = resolve_auto(TrainConfig(method="dpo"), 20_000)
     assert (big.n_epochs, big.batch_size, big.beta, big.learning_rate) == (1, 32, 0.1, 5e-5)  # never above the base rate
-    assert (big.replay_share, small.replay_share) == (0.0, 0.25)  # replay: supervised only
+    assert (big.replay_share, small.replay_share) == (0.0, 0.125)  # replay: supervised only
     fixed = resolve_auto(TrainConfig(n_epochs=2, batch_size=64, learning_rate_multiplier=2.0), 10)
     assert (fixed.n_epochs, fixed.batch_size, fixed.learning_rate) == (2, 10, 1e-3)
     assert (

@@ -253,9 +253,9 @@ def _train(spec: JobSpec, send: Send, should_stop: StopCheck | None, device: str
 
 def _replay_event(replayed: int, share: float) -> str:
     return (
-        f"Replay: the base model's own answers to {replayed} general prompts join the steps ({share:.0%} as many as "
-        "your examples), so the tuned model keeps answering like its base outside this task; set training.replay "
-        "to false to turn it off"
+        f"Replay: the base model's own answers to {replayed} general prompts join the steps (one for every "
+        f"{round(1 / share)} of your examples, their loss weighted like yours), so the tuned model keeps answering "
+        "like its base outside this task; set training.replay to false to turn it off"
     )
 
 

@@ -21,10 +21,9 @@ AUTO: Auto = "auto"
 # sharper, so its rate is lower.
 BASE_LEARNING_RATE = {"supervised": 5e-4, "dpo": 5e-5}
 REFERENCE_BATCH = 8
-# Epoch rule: 2 epochs (at 5e-4 and a dozen steps an epoch, a third epoch bought nothing in
-# bench/quality.py but time), raised for small files until a run makes MIN_AUTO_STEPS
-# optimizer steps (small files under-train otherwise), lowered for huge ones to
-# MAX_TARGET_EXAMPLES.
+# Epoch rule: 2 epochs (a third bought nothing in bench/quality.py but time), raised for
+# small files until a run makes MIN_AUTO_STEPS optimizer steps (small files under-train
+# otherwise), lowered for huge ones to MAX_TARGET_EXAMPLES.
 DEFAULT_EPOCHS = 2
 MIN_AUTO_STEPS = 24
 MAX_TARGET_EXAMPLES = 25_000
@@ -42,8 +41,12 @@ DEFAULT_PATIENCE = 2
 EARLY_STOPPING_MIN_DELTA = 0.005
 # Replay (trainer/ml/replay.py): the base model's own answers to general prompts, as many
 # as this share of the user's examples, spread over the steps, against forgetting.
-# Supervised only.
-REPLAY_SHARE = 0.25
+# Supervised only. Their loss (mean per trained token) is added to the user's at
+# REPLAY_WEIGHT, so the user's task keeps its full learning rate whatever the lengths: with
+# one loss over all tokens, a file of one-word labels got a quarter of its gradient
+# (bench/quality.py: 85% where the plain loop reached 98%).
+REPLAY_SHARE = 0.125
+REPLAY_WEIGHT = 1.0
 
 
 def _help(text: str) -> dict[str, str]:
@@ -148,10 +151,11 @@ class Resolved:
 
 
 def auto_batch_size(n_examples: int) -> int:
-    """About a twelfth of the file rounded down to a power of two, 1 to 32: small files
-    get a dozen steps per epoch or more (LoRA learns poorly from few large steps), large
-    ones a steady gradient."""
-    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 12)))))
+    """About a 24th of the file rounded down to a power of two, 1 to 32: small files get two
+    dozen steps per epoch or more (LoRA learns poorly from few large steps: at a dozen,
+    bench/quality.py's classification scored 91-92% and lost 9 probe answers, at two dozen
+    96% and 2, for the same examples trained), large ones a steady gradient."""
+    return max(1, min(MAX_AUTO_BATCH, 2 ** int(math.log2(max(1, n_examples // 24)))))
 
 
 def auto_epochs(n_examples: int, batch_size: int) -> int:

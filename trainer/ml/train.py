@@ -2,8 +2,8 @@
 
 An optimizer step covers `batch_size` examples (OpenAI's meaning of batch size), split
 into packed micro-batches by a token budget and accumulated. The loss is normalized over
-the whole step (supervised: per trained token; DPO: per pair), so the result does not
-depend on how the step was split. Example order is a permutation seeded by (seed, epoch),
+the whole step (supervised: per trained token, replayed answers apart; DPO: per pair), so
+the result does not depend on how the step was split. Example order is a permutation seeded by (seed, epoch),
 and a checkpoint holds optimizer, scheduler and RNG states, so a paused or requeued job
 resumes exactly where it stopped.
 """
@@ -24,7 +24,8 @@ import torch
 
 from trainer.ml import checkpoint as ckpt
 from trainer.ml.base_model import load_for_training, load_tokenizer, resolve_device
-from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, TrainConfig, replay_count, resolve_auto
+from trainer.ml.chat_tokens import IGNORE
+from trainer.ml.config import EARLY_STOPPING_MIN_DELTA, REPLAY_WEIGHT, TrainConfig, replay_count, resolve_auto
 from trainer.ml.data import Dataset, load_dataset
 from trainer.ml.lora import build_lora_model, lora_targets
 from trainer.ml.losses import TokenScores, dpo_loss, pair_logprobs, score_targets, sequence_logprobs
@@ -194,17 +195,27 @@ class _Run:
         ref = torch.tensor([cache[u] for u in units], device=self.device)
         return ref[:, 0], ref[:, 1]
 
-    def _measure(self, batch: PackedBatch, cache: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The batch's summed loss (to backpropagate) and its metric sums."""
+    def _replayed_targets(self, batch: PackedBatch) -> int:
+        """Trained tokens of a training batch that belong to replayed examples."""
+        replayed = torch.tensor([u >= self.n_user for u, _ in batch.segments] + [False])  # [-1]: padding
+        return int(((batch.targets != IGNORE) & replayed[batch.segment_ids]).sum())
+
+    def _measure(
+        self, batch: PackedBatch, cache: dict[int, tuple[float, float]], replay_scale: float | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's summed loss (to backpropagate) and its metric sums. `replay_scale`: a
+        training batch, whose replayed tokens count that many times a user's; None: validation."""
         scores = score_targets(self.model, batch)
         if self.config.method == "supervised":
-            loss = -scores.logprobs.sum()
             if torch.is_grad_enabled():
                 self._note_example_losses(batch, scores)
             # The figures a job reports are the user's examples' only: replayed answers are
             # trained on (in `loss`) but would make the curve jump with every one that joins.
-            of_target = torch.tensor([u for u, _ in batch.segments], device=scores.segment.device)[scores.segment]
-            mine = of_target < self.n_user
+            mine = torch.ones_like(scores.segment, dtype=torch.bool)
+            if replay_scale is not None:
+                of_target = torch.tensor([u for u, _ in batch.segments], device=scores.segment.device)[scores.segment]
+                mine = of_target < self.n_user
+            loss = -scores.logprobs[mine].sum() - (replay_scale or 0.0) * scores.logprobs[~mine].sum()
             return loss, {
                 "loss": -scores.logprobs[mine].sum().item(),
                 "correct": scores.correct[mine].sum().item(),
@@ -245,7 +256,13 @@ class _Run:
 
     def _pass(self, data: Dataset, idxs: list[int], cache: dict[int, tuple[float, float]], learn: bool) -> _Measured | str:
         packed = self._batches(data, idxs)
-        norm = max(1, sum(b.n_targets for b in packed)) if data.method == "supervised" else len(idxs)
+        norm, replay_scale = len(idxs), None
+        if data.method == "supervised":
+            # The mean per trained token of the user's examples, plus the replayed ones' mean at
+            # REPLAY_WEIGHT (one mean over both would let long replayed answers drown short labels).
+            replayed = sum(self._replayed_targets(b) for b in packed) if learn and self.replay_count else 0
+            norm = max(1, sum(b.n_targets for b in packed) - replayed)
+            replay_scale = (REPLAY_WEIGHT * norm / replayed if replayed else 0.0) if learn else None
         # Training steps are shared among the job's processes; evaluation is run whole by each.
         shared = learn and self.group.active
         mine = self.group.mine(len(packed)) if shared else range(len(packed))
@@ -255,7 +272,7 @@ class _Run:
             if learn and not shared and k > 0 and (stop := self._poll()) is not None:
                 return stop  # cancel or pause mid-step: the partial gradients are dropped
             with torch.set_grad_enabled(learn):
-                loss, stats = self._measure(packed[k].to(self.device), cache)
+                loss, stats = self._measure(packed[k].to(self.device), cache, replay_scale)
             if learn:
                 (loss / norm).backward()
             for key, value in stats.items():
@@ -266,8 +283,8 @@ class _Run:
         return _Measured(sums=dict(sums), tokens=sum(b.n_tokens for b in packed), norm=norm)
 
     def _summary(self, m: _Measured) -> tuple[float, float, dict[str, float]]:
-        # Supervised: per trained token of the user's examples (the step's norm also counts
-        # the replayed ones); DPO: per pair.
+        # Supervised: per trained token of the user's examples (replayed ones are not in the
+        # sums); DPO: per pair.
         loss = m.sums["loss"] / (max(1.0, m.sums["targets"]) if self.config.method == "supervised" else m.norm)
         accuracy = m.sums["correct"] / max(1.0, m.sums["targets"])
         extra = {}
