@@ -3,9 +3,9 @@
 An optimizer step covers `batch_size` examples (OpenAI's meaning of batch size), split
 into packed micro-batches by a token budget and accumulated. The loss is normalized over
 the whole step (supervised: per trained token, replayed answers apart; DPO: per pair), so
-the result does not depend on how the step was split. Example order is a permutation seeded by (seed, epoch),
-and a checkpoint holds optimizer, scheduler and RNG states, so a paused or requeued job
-resumes exactly where it stopped.
+the result does not depend on how the step was split. Example order is a permutation
+seeded by (seed, epoch), and a checkpoint holds optimizer, scheduler and RNG states, so a
+paused or requeued job resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -195,10 +195,13 @@ class _Run:
         ref = torch.tensor([cache[u] for u in units], device=self.device)
         return ref[:, 0], ref[:, 1]
 
+    def _replayed(self, batch: PackedBatch) -> torch.Tensor:
+        """Per segment of a training batch, whether it is a replayed example (they follow the
+        user's in `steps_data`), plus a last False that padding's segment id -1 picks."""
+        return torch.tensor([u >= self.n_user for u, _ in batch.segments] + [False], device=batch.targets.device)
+
     def _replayed_targets(self, batch: PackedBatch) -> int:
-        """Trained tokens of a training batch that belong to replayed examples."""
-        replayed = torch.tensor([u >= self.n_user for u, _ in batch.segments] + [False])  # [-1]: padding
-        return int(((batch.targets != IGNORE) & replayed[batch.segment_ids]).sum())
+        return int(((batch.targets != IGNORE) & self._replayed(batch)[batch.segment_ids]).sum())
 
     def _measure(
         self, batch: PackedBatch, cache: dict[int, tuple[float, float]], replay_scale: float | None = None
@@ -213,8 +216,7 @@ class _Run:
             # trained on (in `loss`) but would make the curve jump with every one that joins.
             mine = torch.ones_like(scores.segment, dtype=torch.bool)
             if replay_scale is not None:
-                of_target = torch.tensor([u for u, _ in batch.segments], device=scores.segment.device)[scores.segment]
-                mine = of_target < self.n_user
+                mine = ~self._replayed(batch)[scores.segment]
             loss = -scores.logprobs[mine].sum() - (replay_scale or 0.0) * scores.logprobs[~mine].sum()
             return loss, {
                 "loss": -scores.logprobs[mine].sum().item(),
@@ -262,7 +264,8 @@ class _Run:
             # REPLAY_WEIGHT (one mean over both would let long replayed answers drown short labels).
             replayed = sum(self._replayed_targets(b) for b in packed) if learn and self.replay_count else 0
             norm = max(1, sum(b.n_targets for b in packed) - replayed)
-            replay_scale = (REPLAY_WEIGHT * norm / replayed if replayed else 0.0) if learn else None
+            if learn:
+                replay_scale = REPLAY_WEIGHT * norm / replayed if replayed else 0.0
         # Training steps are shared among the job's processes; evaluation is run whole by each.
         shared = learn and self.group.active
         mine = self.group.mine(len(packed)) if shared else range(len(packed))
